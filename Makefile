@@ -1,0 +1,82 @@
+# Thin wrappers: the logic lives in playbooks, roles and tests/hosts/stackhosts.py.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+ACTIVATE  := source $(VENV)/bin/activate &&
+TOPOLOGY  ?= single
+INVENTORY ?= inventories/local
+SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+HOSTS     := $(PY) tests/hosts/stackhosts.py
+# Controller packages: a container engine, debootstrap for the test images, and Python.
+APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: bootstrap
+bootstrap: $(VENV)/.installed ## install controller packages and the Python tooling
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
+
+$(VENV)/.installed: pyproject.toml
+	@command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+.PHONY: images
+images: bootstrap ## build the Debian 13 and 12 test images (cached by recipe)
+	$(HOSTS) image --suite trixie
+	$(HOSTS) image --suite bookworm
+
+.PHONY: hosts-up
+hosts-up: bootstrap ## start local hosts: TOPOLOGY=single|multi
+	$(HOSTS) up --topology $(TOPOLOGY)
+
+.PHONY: hosts-down
+hosts-down: ## remove local hosts: TOPOLOGY=single|multi
+	$(HOSTS) down --topology $(TOPOLOGY)
+
+.PHONY: demo
+demo: hosts-up ## bring the whole stack up on local hosts and say where to open it
+	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/site.yml
+	@echo "The stack is up on local hosts ($(TOPOLOGY)): ansible all -i $(INVENTORY) -m ping"
+
+.PHONY: verify
+verify: bootstrap ## run the testinfra suites against INVENTORY
+	$(ACTIVATE) pytest -p no:cacheprovider --connection=ansible --sudo \
+	  --ansible-inventory=$(INVENTORY) tests/infra
+
+.PHONY: lint
+lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs
+	$(ACTIVATE) yamllint --strict .
+	$(ACTIVATE) ansible-lint --profile production
+	$(ACTIVATE) ruff check .
+	$(ACTIVATE) ruff format --check .
+	$(PY) tests/lint/argument_specs.py roles
+
+.PHONY: unit
+unit: bootstrap ## unit tests of the kit's Python code
+	$(ACTIVATE) pytest -q -p no:cacheprovider tests/unit
+
+.PHONY: molecule
+molecule: images ## every molecule scenario (or SCENARIOS="common ...")
+	@set -e; for s in $(SCENARIOS); do \
+	  echo "== molecule test -s $$s"; start=$$(date +%s); \
+	  $(ACTIVATE) molecule test -s $$s; \
+	  echo "== $$s passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+.PHONY: test
+test: lint unit molecule ## everything CI runs
+
+.PHONY: clean
+clean: ## remove local hosts and caches (not the images)
+	-$(HOSTS) down --topology single
+	-$(HOSTS) down --topology multi
+	rm -rf .cache/facts

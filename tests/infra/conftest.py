@@ -1,0 +1,101 @@
+"""Shared helpers for the testinfra suites.
+
+Each suite targets one inventory group through ``testinfra_hosts`` and runs unchanged
+against a molecule scenario's hosts or any inventory (``make verify INVENTORY=...``).
+Expected values come from the inventory as Ansible renders it, falling back to the role's
+defaults, never from constants repeated here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Molecule sets STACKKIT_TESTS to its scenario name: run only that role's suite."""
+    wanted = os.environ.get("STACKKIT_TESTS", "")
+    is_suite = collection_path.suffix == ".py" and collection_path.name.startswith("test_")
+    if not wanted or not is_suite:
+        return None
+    names = {name.strip() for name in wanted.split(",")}
+    return collection_path.stem.removeprefix("test_") not in names
+
+
+def role_defaults(role: str) -> dict:
+    return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+
+
+def render(host, expression: str):
+    """Evaluate a Jinja expression with the host's inventory variables, as a play would."""
+    result = host.ansible(
+        "ansible.builtin.debug", f"msg={{{{ ({expression}) | to_json }}}}", check=False
+    )
+    if "msg" not in result:
+        raise AssertionError(f"cannot render {expression!r} for {host.backend.host}: {result}")
+    return json.loads(result["msg"])
+
+
+@pytest.fixture(scope="module")
+def var(host) -> Callable[[str, str], object]:
+    """var(name, role): the inventory's value of a role variable, else the role default."""
+    cache: dict[str, object] = {}
+
+    def lookup(name: str, role: str):
+        if name not in cache:
+            defined = render(host, f"{name} is defined")
+            cache[name] = render(host, name) if defined else role_defaults(role)[name]
+        return cache[name]
+
+    return lookup
+
+
+@pytest.fixture(scope="session")
+def inventory_hosts(pytestconfig) -> Callable[[str], list]:
+    """inventory_hosts(pattern): testinfra hosts of another group, e.g. to probe from."""
+
+    def get(pattern: str) -> list:
+        return testinfra.get_hosts(
+            [f"ansible://{pattern}"],
+            ansible_inventory=pytestconfig.option.ansible_inventory,
+            connection="ansible",
+            sudo=pytestconfig.option.sudo,
+        )
+
+    return get
+
+
+def address_of(host) -> str:
+    return render(host, "ansible_host | default(inventory_hostname)")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def tcp_reachable_from_controller(address: str, port: int, timeout: float = 2) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tcp_reachable_from(peer, address: str, port: int, timeout: int = 2) -> bool:
+    probe = f"timeout {timeout} bash -c '</dev/tcp/{address}/{port}'"
+    return peer.run(probe).rc == 0

@@ -1,0 +1,62 @@
+"""Static checks of every role: the shape STYLE.md asks for, cheap enough to run first."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = sorted(p for p in (ROOT / "roles").iterdir() if p.is_dir())
+sys.path.insert(0, str(ROOT / "tests" / "lint"))
+import argument_specs  # noqa: E402
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_role_has_the_standard_rooms(role):
+    for room in (
+        "defaults/main.yml",
+        "meta/main.yml",
+        "meta/argument_specs.yml",
+        "tasks/main.yml",
+        "tasks/preflight.yml",
+    ):
+        assert (role / room).is_file(), f"{role.name}: {room} is missing"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_defaults_and_argument_specs_agree(role):
+    assert argument_specs.drift(role) == []
+
+
+@pytest.mark.parametrize(
+    "template",
+    sorted(ROOT.glob("roles/*/templates/**/*.j2")) + sorted(ROOT.glob("templates/**/*.j2")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_every_template_carries_the_managed_header(template):
+    assert "ansible_managed" in template.read_text()
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_roles_do_not_pull_in_other_roles(role):
+    meta = yaml.safe_load((role / "meta" / "main.yml").read_text())
+    assert not meta.get("dependencies"), "playbooks compose roles, not meta/dependencies"
+
+
+def test_drift_is_reported(tmp_path):
+    role = tmp_path / "demo"
+    (role / "defaults").mkdir(parents=True)
+    (role / "meta").mkdir()
+    (role / "defaults" / "main.yml").write_text("demo_a: 1\ndemo_b: 2\nother: 3\n")
+    (role / "meta" / "argument_specs.yml").write_text(
+        yaml.safe_dump(
+            {"argument_specs": {"main": {"options": {"demo_a": {}, "demo_c": {}, "other": {}}}}}
+        )
+    )
+    problems = argument_specs.drift(role)
+    assert any("demo_b is in defaults" in p for p in problems)
+    assert any("demo_c is in meta/argument_specs.yml but has no default" in p for p in problems)
+    assert any("other does not carry the role prefix" in p for p in problems)
