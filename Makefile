@@ -9,6 +9,10 @@ TOPOLOGY  ?= single
 INVENTORY ?= inventories/local
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 HOSTS     := $(PY) tests/hosts/stackhosts.py
+# The local hosts' secrets are throwaway; their vault password is committed beside them.
+ifeq ($(INVENTORY),inventories/local)
+export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/inventories/local/vault-password
+endif
 # Controller packages: a container engine, debootstrap for the test images, and Python.
 APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make
 
