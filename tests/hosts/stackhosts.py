@@ -273,7 +273,9 @@ chown {user}:{user} /home/{user}/.ssh/authorized_keys
 chmod 0600 /home/{user}/.ssh/authorized_keys
 echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{user}-bootstrap
 chmod 0440 /etc/sudoers.d/90-{user}-bootstrap
-systemctl restart ssh
+# sshd gave up at boot for want of host keys; start it afresh now that it has them.
+systemctl reset-failed ssh.service
+systemctl restart ssh.service
 """
 
 
@@ -373,6 +375,12 @@ def render_inventory(topology: str, addresses: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def forget_facts(names) -> None:
+    """New hosts under old names: facts cached for the old ones would mislead Ansible."""
+    for name in names:
+        (CACHE / "facts" / name).unlink(missing_ok=True)
+
+
 def parse_host_specs(specs: list[str]) -> tuple[Host, ...]:
     """NAME[:GROUP,GROUP[:SUITE]] -> Host."""
     hosts = []
@@ -412,10 +420,12 @@ def main(argv: list[str] | None = None) -> int:
             if other != args.topology:
                 stop_hosts(f"stackkit-{other}")
         addresses = start_hosts(f"stackkit-{args.topology}", TOPOLOGIES[args.topology], args.suite)
+        forget_facts(addresses)
         LOCAL_INVENTORY.write_text(render_inventory(args.topology, addresses))
         log(f"{len(addresses)} hosts up in {time.monotonic() - started:.0f} s: {LOCAL_INVENTORY}")
     elif args.command == "down":
         stop_hosts(f"stackkit-{args.topology}")
+        forget_facts(h.name for h in TOPOLOGIES[args.topology])
         LOCAL_INVENTORY.unlink(missing_ok=True)
     elif args.command == "create":
         hosts = parse_host_specs(args.hosts)
