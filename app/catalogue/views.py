@@ -1,0 +1,267 @@
+"""HTTP endpoints: the page, the JSON API and the health probes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any
+
+from celery import chord
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import F
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from kombu.exceptions import KombuError
+
+from . import health, tasks
+from .documents import get_store
+from .models import Event, EventKind, Product
+from .search import queries
+from .search.client import SearchUnavailable, get_client
+from .search.indexer import alias_name
+from .validation import ProductForm, validate_product
+
+log = logging.getLogger(__name__)
+QUERY_MAX_LENGTH = 100
+
+
+def _error(status: int, message: str, **extra: Any) -> JsonResponse:
+    return JsonResponse({"error": message, **extra}, status=status)
+
+
+def _new_submission(clean: dict[str, str]) -> dict[str, Any]:
+    """The message for insert_product: the id is chosen here, once, at request time."""
+    return {
+        "id": str(uuid.uuid4()),
+        "title": clean["title"],
+        "description": clean.get("description", ""),
+        "image_url": clean["image_url"],
+        "submitted_at": timezone.now().isoformat(),
+    }
+
+
+def _accepted(submission: dict[str, Any]) -> dict[str, str]:
+    return {
+        "id": submission["id"],
+        "status": "accepted",
+        "status_url": reverse("product-status", args=[submission["id"]]),
+        "history_url": reverse("product-history", args=[submission["id"]]),
+    }
+
+
+def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
+    try:
+        return json.loads(request.body or b"null"), None
+    except (ValueError, UnicodeDecodeError):
+        return None, JsonResponse({"errors": {"__all__": ["Invalid JSON."]}}, status=400)
+
+
+# -- the page ------------------------------------------------------------------------------------
+@require_http_methods(["GET", "POST"])
+def index(request: HttpRequest) -> HttpResponse:
+    status = 200
+    accepted = None
+    if request.method == "POST":
+        form = ProductForm(request.POST)
+        if form.is_valid():
+            submission = _new_submission(form.cleaned_data)
+            try:
+                tasks.insert_product.delay(submission)
+            except KombuError:
+                log.exception("could not enqueue product")
+                form.add_error(None, "The queue is unavailable; please try again shortly.")
+                status = 503
+            else:
+                return redirect(f"{reverse('index')}?accepted={submission['id']}", permanent=False)
+        else:
+            status = 400
+    else:
+        form = ProductForm()
+        accepted = request.GET.get("accepted")
+    q = request.GET.get("q", "").strip()[:QUERY_MAX_LENGTH]
+    search_answer, search_error = None, ""
+    if q:
+        try:
+            search_answer = queries.search(get_client(), alias_name(), q)
+        except SearchUnavailable:
+            search_error = "Search is unavailable right now."
+    context = {
+        "form": form,
+        "products": Product.objects.all()[:50],
+        "accepted": accepted,
+        "q": q,
+        "search": search_answer,
+        "search_error": search_error,
+    }
+    return render(request, "catalogue/index.html", context, status=status)
+
+
+# -- products API --------------------------------------------------------------------------------
+@csrf_exempt  # a JSON API without cookie authentication
+@require_POST
+def api_products(request: HttpRequest) -> JsonResponse:
+    data, bad = _json_body(request)
+    if bad:
+        return bad
+    clean, errors = validate_product(data)
+    if errors:
+        return JsonResponse({"errors": errors}, status=400)
+    submission = _new_submission(clean)
+    try:
+        tasks.insert_product.delay(submission)
+    except KombuError:
+        log.exception("could not enqueue product")
+        return _error(503, "queue unavailable")
+    response = JsonResponse(_accepted(submission), status=202)
+    response["Location"] = reverse("product-status", args=[submission["id"]])
+    return response
+
+
+@csrf_exempt
+@require_POST
+def api_batch(request: HttpRequest) -> JsonResponse:
+    """Round 1: one insert per product, in parallel. Round 2: a summary fed by round 1."""
+    data, bad = _json_body(request)
+    if bad:
+        return bad
+    items = data.get("products") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        return JsonResponse({"errors": {"products": ["A non-empty list is required."]}}, status=400)
+    if len(items) > settings.CATALOGUE_BATCH_MAX:
+        message = f"At most {settings.CATALOGUE_BATCH_MAX} products per batch."
+        return JsonResponse({"errors": {"products": [message]}}, status=400)
+    cleaned, errors = [], {}
+    for position, item in enumerate(items):
+        clean, item_errors = validate_product(item)
+        if item_errors:
+            errors[str(position)] = item_errors
+        cleaned.append(clean)
+    if errors:
+        return JsonResponse({"errors": {"products": errors}}, status=400)
+    batch_id = str(uuid.uuid4())
+    submissions = [_new_submission(clean) for clean in cleaned]
+    header = [tasks.insert_product.s(submission) for submission in submissions]
+    try:
+        chord(header)(tasks.summarise_batch.s(batch_id))
+    except KombuError:
+        log.exception("could not enqueue batch")
+        return _error(503, "queue unavailable")
+    return JsonResponse(
+        {
+            "batch_id": batch_id,
+            "status_url": reverse("batch-status", args=[batch_id]),
+            "products": [_accepted(s) for s in submissions],
+        },
+        status=202,
+    )
+
+
+@require_GET
+def api_batch_status(request: HttpRequest, batch_id: uuid.UUID) -> JsonResponse:
+    summary = get_store().get_batch(str(batch_id))
+    if summary is None:
+        return JsonResponse({"batch_id": str(batch_id), "status": "pending"}, status=202)
+    return JsonResponse(summary)
+
+
+@require_GET
+def api_product(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
+    """The product once stored (and a `viewed` event); 202 pending while the insert is queued."""
+    with transaction.atomic():
+        updated = Product.objects.filter(id=product_id).update(popularity=F("popularity") + 1)
+        if not updated:
+            return JsonResponse({"id": str(product_id), "status": "pending"}, status=202)
+        Event.record(product_id, EventKind.VIEWED)
+        tasks.index_product.delay_on_commit(str(product_id))
+    product = Product.objects.get(id=product_id)
+    return JsonResponse(
+        {
+            "id": str(product.id),
+            "status": "stored",
+            "title": product.title,
+            "description": product.description,
+            "image_url": product.image_url,
+            "popularity": product.popularity,
+            "created_at": product.created_at.isoformat(),
+            "image": {
+                "status": product.image_status,
+                "outcome": product.image_outcome,
+                "content_type": product.image_content_type,
+                "size": product.image_size,
+            },
+        }
+    )
+
+
+@require_GET
+def api_product_history(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
+    documents = get_store().history(str(product_id))
+    if not documents and not Product.objects.filter(id=product_id).exists():
+        return _error(404, "no such product")
+    return JsonResponse({"id": str(product_id), "history": documents})
+
+
+# -- search API ----------------------------------------------------------------------------------
+def _query(request: HttpRequest) -> str:
+    return request.GET.get("q", "").strip()[:QUERY_MAX_LENGTH]
+
+
+def autocomplete_cache_key(q: str) -> str:
+    return "autocomplete:" + hashlib.sha256(q.lower().encode()).hexdigest()
+
+
+@require_GET
+def api_autocomplete(request: HttpRequest) -> JsonResponse:
+    q = _query(request)
+    if not q:
+        return JsonResponse({"query": q, "results": [], "cached": False})
+    key = autocomplete_cache_key(q)
+    results = cache.get(key)
+    cached = results is not None
+    if not cached:
+        try:
+            results = queries.autocomplete(get_client(), alias_name(), q)
+        except SearchUnavailable:
+            return _error(503, "search unavailable")
+        cache.set(key, results, settings.CATALOGUE_AUTOCOMPLETE_TTL)
+    return JsonResponse({"query": q, "results": results, "cached": cached})
+
+
+@require_GET
+def api_search(request: HttpRequest) -> JsonResponse:
+    try:
+        return JsonResponse(queries.search(get_client(), alias_name(), _query(request)))
+    except SearchUnavailable:
+        return _error(503, "search unavailable")
+
+
+@require_GET
+def api_stats(request: HttpRequest) -> JsonResponse:
+    try:
+        return JsonResponse(queries.stats(get_client(), alias_name()))
+    except SearchUnavailable:
+        return _error(503, "search unavailable")
+
+
+# -- probes --------------------------------------------------------------------------------------
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    ok, results = health.run_checks(
+        health.configured_checks(), settings.CATALOGUE_READINESS_TIMEOUT
+    )
+    return JsonResponse(
+        {"status": "ok" if ok else "fail", "checks": results}, status=200 if ok else 503
+    )

@@ -1,0 +1,197 @@
+"""Settings shared by every environment. Addresses and secrets come from the environment only.
+
+The variables are listed in app/README.md. Base gives loopback defaults for addresses so that a
+developer can run the app against local services; production.py requires the secrets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kombu import Exchange, Queue
+
+from .env import env, env_bool, env_float, env_int, env_list, url_with_credentials
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", "")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.staticfiles",
+    "catalogue",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "catalogue_site.urls"
+WSGI_APPLICATION = "catalogue_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": env("POSTGRES_HOST", "127.0.0.1"),
+        "PORT": env_int("POSTGRES_PORT", 5432),
+        "NAME": env("POSTGRES_DB", "catalogue"),
+        "USER": env("POSTGRES_USER", "catalogue"),
+        "PASSWORD": env("POSTGRES_PASSWORD", ""),
+        "CONN_MAX_AGE": env_int("POSTGRES_CONN_MAX_AGE", 60),
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {"connect_timeout": env_int("POSTGRES_CONNECT_TIMEOUT", 3)},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: Django cache (msgpack + zlib) and Celery results -----------------------------------
+REDIS_HOST = env("REDIS_HOST", "127.0.0.1")
+REDIS_PORT = env_int("REDIS_PORT", 6379)
+REDIS_PASSWORD = env("REDIS_PASSWORD", "")
+REDIS_CACHE_DB = env_int("REDIS_CACHE_DB", 1)
+REDIS_RESULT_DB = env_int("REDIS_RESULT_DB", 2)
+REDIS_TIMEOUT = env_float("REDIS_TIMEOUT", 1.0)
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": url_with_credentials(
+            "redis", REDIS_HOST, REDIS_PORT, "", REDIS_PASSWORD, str(REDIS_CACHE_DB)
+        ),
+        "KEY_PREFIX": "catalogue",
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            "SERIALIZER": "django_redis.serializers.msgpack.MSGPackSerializer",
+            "COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor",
+            "SOCKET_CONNECT_TIMEOUT": REDIS_TIMEOUT,
+            "SOCKET_TIMEOUT": REDIS_TIMEOUT,
+        },
+    }
+}
+# The cache is an optimisation: a Redis outage degrades autocomplete to uncached, not to errors.
+DJANGO_REDIS_IGNORE_EXCEPTIONS = True
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# --- RabbitMQ broker and Celery ------------------------------------------------------------------
+RABBITMQ_HOST = env("RABBITMQ_HOST", "127.0.0.1")
+RABBITMQ_PORT = env_int("RABBITMQ_PORT", 5672)
+RABBITMQ_USER = env("RABBITMQ_USER", "catalogue")
+RABBITMQ_PASSWORD = env("RABBITMQ_PASSWORD", "")
+RABBITMQ_VHOST = env("RABBITMQ_VHOST", "catalogue")
+
+CELERY_BROKER_URL = url_with_credentials(
+    "amqp", RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_USER, RABBITMQ_PASSWORD, RABBITMQ_VHOST
+)
+CELERY_BROKER_CONNECTION_TIMEOUT = env_float("RABBITMQ_CONNECT_TIMEOUT", 3.0)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publisher confirms: a publish returns only once RabbitMQ has taken the message.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_RESULT_BACKEND = url_with_credentials(
+    "redis", REDIS_HOST, REDIS_PORT, "", REDIS_PASSWORD, str(REDIS_RESULT_DB)
+)
+CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 86400)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+
+# Durable queues on one durable direct exchange, persistent messages.
+_TASKS_EXCHANGE = Exchange("catalogue", type="direct", durable=True)
+CELERY_TASK_QUEUES = (
+    Queue("default", _TASKS_EXCHANGE, routing_key="default", durable=True),
+    Queue("indexing", _TASKS_EXCHANGE, routing_key="indexing", durable=True),
+    Queue("slow", _TASKS_EXCHANGE, routing_key="slow", durable=True),
+)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_EXCHANGE = "catalogue"
+CELERY_TASK_DEFAULT_ROUTING_KEY = "default"
+CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
+CELERY_TASK_ROUTES = {
+    "catalogue.tasks.insert_product": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.summarise_batch": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.index_product": {"queue": "indexing", "routing_key": "indexing"},
+    "catalogue.tasks.reconcile_index": {"queue": "indexing", "routing_key": "indexing"},
+    "catalogue.tasks.fetch_image_metadata": {"queue": "slow", "routing_key": "slow"},
+}
+CELERY_TASK_PUBLISH_RETRY = True
+# Acknowledge after the work is done; a worker killed mid-task gives the message back.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message at a time per process (the slow worker relies on it; see README).
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 60)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 90)
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-search-index": {
+        "task": "catalogue.tasks.reconcile_index",
+        "schedule": env_float("CATALOGUE_RECONCILE_INTERVAL", 300.0),
+        "options": {"queue": "indexing"},
+    }
+}
+
+# --- Elasticsearch 5.6 ------------------------------------------------------------------------
+ELASTICSEARCH_URL = env("ELASTICSEARCH_URL", "http://127.0.0.1:9200")
+ELASTICSEARCH_ALIAS = env("ELASTICSEARCH_ALIAS", "products")
+ELASTICSEARCH_TIMEOUT = env_float("ELASTICSEARCH_TIMEOUT", 3.0)
+
+# --- MongoDB ------------------------------------------------------------------------------------
+MONGODB_HOST = env("MONGODB_HOST", "127.0.0.1")
+MONGODB_PORT = env_int("MONGODB_PORT", 27017)
+MONGODB_USER = env("MONGODB_USER", "")
+MONGODB_PASSWORD = env("MONGODB_PASSWORD", "")
+MONGODB_DB = env("MONGODB_DB", "catalogue")
+MONGODB_AUTH_SOURCE = env("MONGODB_AUTH_SOURCE", MONGODB_DB)
+MONGODB_TIMEOUT_MS = env_int("MONGODB_TIMEOUT_MS", 2000)
+
+# --- Catalogue behaviour ------------------------------------------------------------------------
+CATALOGUE_DOCUMENT_STORE = "catalogue.documents.MongoStore"
+CATALOGUE_AUTOCOMPLETE_TTL = env_int("CATALOGUE_AUTOCOMPLETE_TTL", 30)
+CATALOGUE_BATCH_MAX = env_int("CATALOGUE_BATCH_MAX", 100)
+CATALOGUE_READINESS_TIMEOUT = env_float("CATALOGUE_READINESS_TIMEOUT", 2.0)
+CATALOGUE_READINESS_CHECKS = {
+    "postgresql": "catalogue.health.check_postgresql",
+    "redis": "catalogue.health.check_redis",
+    "rabbitmq": "catalogue.health.check_rabbitmq",
+    "elasticsearch": "catalogue.health.check_elasticsearch",
+    "mongodb": "catalogue.health.check_mongodb",
+}
+IMAGE_FETCH_TIMEOUT = env_float("IMAGE_FETCH_TIMEOUT", 3.0)
+IMAGE_FETCH_MAX_RETRIES = env_int("IMAGE_FETCH_MAX_RETRIES", 4)
+IMAGE_FETCH_BACKOFF_BASE = env_float("IMAGE_FETCH_BACKOFF_BASE", 2.0)
+IMAGE_FETCH_BACKOFF_CAP = env_float("IMAGE_FETCH_BACKOFF_CAP", 60.0)
+# Refuse image URLs that resolve to private, loopback or link-local addresses (SSRF guard).
+IMAGE_FETCH_ALLOW_PRIVATE = env_bool("IMAGE_FETCH_ALLOW_PRIVATE", False)
+INDEXING_BACKOFF_CAP = env_int("INDEXING_BACKOFF_CAP", 300)
+
+# --- Misc ----------------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = env("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", "INFO")},
+}

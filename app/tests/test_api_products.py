@@ -1,0 +1,125 @@
+import json
+import uuid
+from datetime import datetime
+
+import pytest
+from catalogue import tasks
+from catalogue.models import Product
+from kombu.exceptions import OperationalError
+
+pytestmark = pytest.mark.django_db
+
+GOOD = {"title": " Python Cookbook ", "image_url": "https://example.org/cover.png"}
+
+
+def post(client, data, path="/api/products/"):
+    return client.post(path, data=json.dumps(data), content_type="application/json")
+
+
+def test_bad_input_is_400_with_field_errors_and_nothing_stored_or_enqueued(client, broker):
+    response = post(client, {"title": "", "image_url": "ftp://x"})
+    assert response.status_code == 400
+    assert set(response.json()["errors"]) == {"title", "image_url"}
+    assert broker.drain() == []
+    assert Product.objects.count() == 0
+
+
+def test_invalid_json_is_400(client, broker):
+    response = client.post("/api/products/", data="{nope", content_type="application/json")
+    assert response.status_code == 400
+    assert broker.drain() == []
+
+
+def test_good_input_is_202_with_id_chosen_now_and_insert_enqueued_on_default(client, broker):
+    response = post(client, GOOD)
+    assert response.status_code == 202
+    body = response.json()
+    product_id = str(uuid.UUID(body["id"]))
+    assert body["status_url"] == f"/api/products/{product_id}"
+    assert response["Location"] == body["status_url"]
+    [message] = broker.drain()
+    assert message.queue == "default"
+    assert message.task == "catalogue.tasks.insert_product"
+    assert message.delivery_mode == 2  # persistent
+    [payload] = message.args
+    assert payload["id"] == product_id
+    assert payload["title"] == "Python Cookbook"
+    datetime.fromisoformat(payload["submitted_at"])
+    # Nothing is written by the web process itself.
+    assert Product.objects.count() == 0
+
+
+def test_each_post_gets_its_own_id(client, broker):
+    first = post(client, GOOD).json()["id"]
+    second = post(client, GOOD).json()["id"]
+    assert first != second
+
+
+def test_broker_down_is_503_not_202(client, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(tasks.insert_product, "apply_async", refuse)
+    response = post(client, GOOD)
+    assert response.status_code == 503
+
+
+def test_status_url_says_pending_until_the_row_exists_then_counts_a_view(client, store):
+    product_id = uuid.uuid4()
+    assert client.get(f"/api/products/{product_id}").status_code == 202
+    tasks.insert_product.run(
+        {
+            "id": str(product_id),
+            "title": "Python",
+            "image_url": "https://example.org/a.png",
+            "submitted_at": "2025-01-01T00:00:00+00:00",
+        }
+    )
+    response = client.get(f"/api/products/{product_id}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "stored"
+    assert response.json()["popularity"] == 1
+
+
+def test_batch_rejects_everything_when_one_item_is_bad(client, broker):
+    response = post(
+        client, {"products": [GOOD, {"title": "", "image_url": "x"}]}, "/api/products/batch"
+    )
+    assert response.status_code == 400
+    assert set(response.json()["errors"]["products"]) == {"1"}
+    assert broker.drain() == []
+
+
+def test_batch_enqueues_one_insert_per_product_with_a_summary_chord(client, broker):
+    items = [{"title": f"Item {i}", "image_url": f"https://example.org/{i}.png"} for i in range(3)]
+    response = post(client, {"products": items}, "/api/products/batch")
+    assert response.status_code == 202
+    body = response.json()
+    messages = broker.drain()
+    assert [m.task for m in messages] == ["catalogue.tasks.insert_product"] * 3
+    assert {m.queue for m in messages} == {"default"}
+    assert [m.args[0]["id"] for m in messages] == [p["id"] for p in body["products"]]
+    callbacks = {m.embed["chord"]["task"] for m in messages}
+    assert callbacks == {"catalogue.tasks.summarise_batch"}
+    assert messages[0].embed["chord"]["args"] == [body["batch_id"]]
+
+
+def test_batch_size_is_capped(client, broker, settings):
+    settings.CATALOGUE_BATCH_MAX = 2
+    response = post(client, {"products": [GOOD] * 3}, "/api/products/batch")
+    assert response.status_code == 400
+    assert broker.drain() == []
+
+
+def test_html_form_rejects_bad_input_with_400_and_enqueues_nothing(client, broker):
+    response = client.post("/", {"title": "", "image_url": "nope"})
+    assert response.status_code == 400
+    assert b'role="alert"' in response.content
+    assert broker.drain() == []
+
+
+def test_html_form_accepts_and_redirects(client, broker):
+    response = client.post("/", GOOD)
+    assert response.status_code == 302
+    [message] = broker.drain()
+    assert response["Location"].endswith(message.args[0]["id"])

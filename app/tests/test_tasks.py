@@ -1,0 +1,245 @@
+import uuid
+
+import pytest
+import requests
+from catalogue import imagefetch, tasks
+from catalogue.backoff import backoff_ceilings, backoff_delay
+from catalogue.models import Event, ImageStatus, Product
+
+pytestmark = pytest.mark.django_db
+
+
+def submission(**extra):
+    return {
+        "id": str(uuid.uuid4()),
+        "title": "Python Cookbook",
+        "description": "Recipes",
+        "image_url": "https://example.org/a.png",
+        "submitted_at": "2025-01-02T03:04:05+00:00",
+        **extra,
+    }
+
+
+def test_insert_is_idempotent_on_redelivery(store, django_capture_on_commit_callbacks):
+    payload = submission()
+    first = tasks.insert_product.run(payload)
+    second = tasks.insert_product.run(payload)
+    assert first["created"] is True
+    assert second["created"] is False
+    assert Product.objects.filter(id=payload["id"]).count() == 1
+    assert Event.objects.filter(product_id=payload["id"], kind="created").count() == 1
+    [doc] = store.history(payload["id"])
+    assert doc["kind"] == "submission"
+    assert doc["data"]["title"] == "Python Cookbook"
+
+
+def test_indexing_and_image_fetch_are_enqueued_only_after_commit(
+    broker, store, django_capture_on_commit_callbacks
+):
+    payload = submission()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        tasks.insert_product.run(payload)
+    assert broker.drain() == []  # nothing published while the transaction is open
+    assert len(callbacks) == 2
+    for callback in callbacks:
+        callback()
+    published = {(m.queue, m.task, m.args[0]) for m in broker.drain()}
+    assert published == {
+        ("indexing", "catalogue.tasks.index_product", payload["id"]),
+        ("slow", "catalogue.tasks.fetch_image_metadata", payload["id"]),
+    }
+
+
+def test_summary_is_fed_by_the_first_round(store):
+    results = [{"id": "a", "created": True}, {"id": "b", "created": False}]
+    summary = tasks.summarise_batch.run(results, "batch-1")
+    assert summary["products"] == 2
+    assert summary["created"] == 1
+    assert summary["already_present"] == 1
+    assert store.get_batch("batch-1")["ids"] == ["a", "b"]
+
+
+def test_index_task_creates_alias_then_indexes_and_records_event(fake_es, store):
+    payload = submission()
+    tasks.insert_product.run(payload)
+    result = tasks.index_product.run(payload["id"])
+    assert result == {"id": payload["id"], "indexed": True}
+    assert fake_es.aliases["products"]
+    [(alias, doc_id, doc)] = fake_es.called("index_document")
+    assert (alias, doc_id) == ("products", payload["id"])
+    assert doc["title"] == "Python Cookbook"
+    assert Event.objects.filter(product_id=payload["id"], kind="indexed").count() == 1
+
+
+def test_index_task_retries_without_limit_while_elasticsearch_is_down():
+    task = tasks.index_product
+    assert task.max_retries is None
+    assert task.autoretry_for == (tasks.SearchUnavailable,)
+    assert task.retry_backoff and task.retry_jitter
+
+
+def test_reconcile_enqueues_missing_and_stale_documents(fake_es, store, broker):
+    fresh, stale, missing = (submission() for _ in range(3))
+    for payload in (fresh, stale, missing):
+        tasks.insert_product.run(payload)
+    broker.drain()
+    for payload in (fresh, stale):
+        tasks.index_product.run(payload["id"])
+    fake_es.documents[stale["id"]]["updated_at"] = "2000-01-01T00:00:00+00:00"
+    assert tasks.reconcile_index.run() == {"stale": 2}
+    enqueued = {m.args[0] for m in broker.drain() if m.task == "catalogue.tasks.index_product"}
+    assert enqueued == {stale["id"], missing["id"]}
+
+
+def test_backoff_grows_exponentially_and_is_capped():
+    assert backoff_ceilings(6, base=2, cap=20) == [2, 4, 8, 16, 20, 20]
+    assert backoff_delay(10, base=2, cap=20, rand=lambda: 0.999) <= 20
+    assert backoff_delay(3, base=2, cap=60, rand=lambda: 0.5) == 8
+    assert backoff_delay(3, base=2, cap=60, rand=lambda: 0.0) == 0
+    with pytest.raises(ValueError, match="attempt"):
+        backoff_delay(-1, base=2, cap=60)
+
+
+class FakeTask:
+    """Stands in for `self` of a bound task: records retry() instead of publishing."""
+
+    class Retry(Exception):
+        pass
+
+    def __init__(self, retries):
+        self.request = type("Request", (), {"retries": retries})()
+        self.retried = []
+
+    def retry(self, countdown, max_retries):
+        self.retried.append((countdown, max_retries))
+        return self.Retry()
+
+
+def stored_product(store):
+    payload = submission()
+    tasks.insert_product.run(payload)
+    return payload["id"]
+
+
+def test_image_fetch_retries_transient_failures_with_capped_backoff(
+    monkeypatch, settings, store, broker
+):
+    settings.IMAGE_FETCH_MAX_RETRIES = 3
+    settings.IMAGE_FETCH_BACKOFF_BASE = 2
+    settings.IMAGE_FETCH_BACKOFF_CAP = 5
+    monkeypatch.setattr(
+        imagefetch, "fetch", lambda url, **kw: imagefetch.FetchResult("unreachable", True, url)
+    )
+    monkeypatch.setattr(tasks, "backoff_delay", lambda attempt, base, cap: min(cap, base**attempt))
+    product_id = stored_product(store)
+    for attempt in range(3):
+        task = FakeTask(attempt)
+        with pytest.raises(FakeTask.Retry):
+            tasks.fetch_image_metadata.run.__func__(task, product_id)
+        assert task.retried == [(min(5, 2**attempt), 3)]
+    assert Product.objects.get(id=product_id).image_status == ImageStatus.PENDING
+
+
+def test_image_fetch_gives_up_after_the_cap_and_never_fails_the_product(
+    monkeypatch, settings, store
+):
+    settings.IMAGE_FETCH_MAX_RETRIES = 3
+    monkeypatch.setattr(
+        imagefetch, "fetch", lambda url, **kw: imagefetch.FetchResult("unreachable", True, url)
+    )
+    product_id = stored_product(store)
+    task = FakeTask(3)
+    result = tasks.fetch_image_metadata.run.__func__(task, product_id)
+    assert task.retried == []
+    assert result["outcome"] == "unreachable"
+    assert result["attempts"] == 4
+    product = Product.objects.get(id=product_id)
+    assert product.image_status == ImageStatus.FAILED
+    assert product.image_outcome == "unreachable"
+    assert [d["kind"] for d in store.history(product_id)] == ["submission", "image_fetch"]
+
+
+def test_image_fetch_success_is_kept(monkeypatch, store):
+    ok = imagefetch.FetchResult("ok", False, "https://example.org/a.png", 200, "image/png", 1234)
+    monkeypatch.setattr(imagefetch, "fetch", lambda url, **kw: ok)
+    product_id = stored_product(store)
+    tasks.fetch_image_metadata.run.__func__(FakeTask(0), product_id)
+    product = Product.objects.get(id=product_id)
+    assert (product.image_status, product.image_content_type, product.image_size) == (
+        "ok",
+        "image/png",
+        1234,
+    )
+
+
+class FakeResponse:
+    def __init__(self, status, headers=None):
+        self.status_code = status
+        self.headers = headers or {}
+
+    def close(self):
+        pass
+
+
+class FakeSession:
+    def __init__(self, *responses):
+        self.responses = list(responses)
+        self.calls = []
+
+    def _next(self, method, url, **kwargs):
+        self.calls.append((method, url, kwargs))
+        response = self.responses.pop(0)
+        if isinstance(response, Exception):
+            raise response
+        return response
+
+    def head(self, url, **kwargs):
+        return self._next("HEAD", url, **kwargs)
+
+    def get(self, url, **kwargs):
+        return self._next("GET", url, **kwargs)
+
+
+def public(host):
+    return ["93.184.216.34"]
+
+
+def test_fetch_reads_headers_with_a_short_timeout():
+    session = FakeSession(FakeResponse(200, {"Content-Type": "image/png", "Content-Length": "42"}))
+    result = imagefetch.fetch("https://e.org/a.png", 2.5, session=session, resolver=public)
+    assert (result.outcome, result.content_type, result.content_length) == ("ok", "image/png", 42)
+    assert session.calls[0][2]["timeout"] == 2.5
+
+
+def test_fetch_falls_back_to_get_when_head_is_not_allowed():
+    session = FakeSession(FakeResponse(405), FakeResponse(200, {"Content-Type": "image/jpeg"}))
+    result = imagefetch.fetch("https://e.org/a.jpg", 1, session=session, resolver=public)
+    assert result.outcome == "ok"
+    assert [c[0] for c in session.calls] == ["HEAD", "GET"]
+    assert session.calls[1][2]["stream"] is True
+
+
+@pytest.mark.parametrize(
+    ("response", "outcome", "retryable"),
+    [
+        (FakeResponse(503), "http_error", True),
+        (FakeResponse(429), "http_error", True),
+        (FakeResponse(404), "http_error", False),
+        (requests.ConnectTimeout("slow"), "unreachable", True),
+    ],
+)
+def test_fetch_classifies_failures(response, outcome, retryable):
+    result = imagefetch.fetch("https://e.org/a", 1, session=FakeSession(response), resolver=public)
+    assert (result.outcome, result.retryable) == (outcome, retryable)
+
+
+def test_fetch_refuses_private_addresses_including_after_a_redirect():
+    session = FakeSession(FakeResponse(302, {"Location": "http://internal.example/"}))
+
+    def resolver(host):
+        return ["10.0.0.5"] if host == "internal.example" else ["93.184.216.34"]
+
+    result = imagefetch.fetch("https://e.org/a", 1, session=session, resolver=resolver)
+    assert (result.outcome, result.retryable) == ("refused", False)
+    assert result.hops == ["https://e.org/a"]
+    assert len(session.calls) == 1
