@@ -65,8 +65,15 @@ lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argume
 	$(PY) tests/lint/argument_specs.py roles
 
 .PHONY: unit
-unit: bootstrap ## unit tests of the kit's Python code
+unit: bootstrap app/.venv/.installed ## unit tests of the kit's Python code and of the app
 	$(ACTIVATE) pytest -q -p no:cacheprovider tests/unit
+	cd app && .venv/bin/python -m pytest -q -p no:cacheprovider
+
+# The app has its own locked requirements and virtualenv, as on the hosts it runs on.
+app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
+	python3 -m venv app/.venv
+	app/.venv/bin/pip install -q --require-hashes -r app/requirements.txt -r app/requirements-dev.txt
+	touch $@
 
 .PHONY: molecule
 molecule: images ## every molecule scenario (or SCENARIOS="common ...")

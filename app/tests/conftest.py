@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
 from catalogue import documents, tasks
 from catalogue_site.celery import app as celery_app
 

@@ -3,9 +3,10 @@ import uuid
 from datetime import datetime
 
 import pytest
+from kombu.exceptions import OperationalError
+
 from catalogue import tasks
 from catalogue.models import Product
-from kombu.exceptions import OperationalError
 
 pytestmark = pytest.mark.django_db
 

@@ -2,6 +2,7 @@ import time
 import uuid
 
 import pytest
+
 from catalogue import health
 
 pytestmark = pytest.mark.django_db

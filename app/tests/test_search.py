@@ -2,10 +2,11 @@ import json
 
 import pytest
 import requests
+from django.core.management import call_command
+
 from catalogue.search import mappings, queries
 from catalogue.search.client import ElasticsearchClient, SearchError, SearchUnavailable
 from catalogue.views import autocomplete_cache_key
-from django.core.management import call_command
 
 SUGGEST_PYTHN = {
     "spelling": [

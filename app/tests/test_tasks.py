@@ -2,6 +2,7 @@ import uuid
 
 import pytest
 import requests
+
 from catalogue import imagefetch, tasks
 from catalogue.backoff import backoff_ceilings, backoff_delay
 from catalogue.models import Event, ImageStatus, Product

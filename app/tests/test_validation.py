@@ -1,4 +1,5 @@
 import pytest
+
 from catalogue.validation import validate_product
 
 GOOD = {"title": "Python Cookbook", "image_url": "https://example.org/cover.png"}
