@@ -11,7 +11,7 @@ SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/m
 HOSTS     := $(PY) tests/hosts/stackhosts.py
 # The local hosts' secrets are throwaway; their vault password is committed beside them.
 ifeq ($(INVENTORY),inventories/local)
-export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/inventories/local/vault-password
+export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/tests/hosts/local-vault-password
 endif
 # Controller packages: a container engine, debootstrap for the test images, and Python.
 APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make
