@@ -56,6 +56,10 @@ verify: bootstrap ## run the testinfra suites against INVENTORY
 	$(ACTIVATE) pytest -p no:cacheprovider --connection=ansible --sudo \
 	  --ansible-inventory=$(INVENTORY) tests/infra
 
+.PHONY: bench
+bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strategy
+	$(ACTIVATE) python tests/bench/converge.py --inventory $(INVENTORY)
+
 .PHONY: lint
 lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs
 	$(ACTIVATE) yamllint --strict .
