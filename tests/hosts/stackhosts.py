@@ -273,6 +273,8 @@ chown {user}:{user} /home/{user}/.ssh/authorized_keys
 chmod 0600 /home/{user}/.ssh/authorized_keys
 echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{user}-bootstrap
 chmod 0440 /etc/sudoers.d/90-{user}-bootstrap
+# sshd may have hit its start limit while it had no host keys; clear that before restarting.
+systemctl reset-failed ssh || true
 systemctl restart ssh
 """
 
