@@ -1,0 +1,383 @@
+"""The postgresql role, on the db hosts: the distribution's server, tuned from memory,
+reachable with SCRAM from the app hosts only, trigger and declarative partitioning with a
+retention timer, and dumps that restore."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, address_of, wait_for
+
+testinfra_hosts = ["ansible://db"]
+ROLE = "postgresql"
+
+
+@pytest.fixture
+def v(var):
+    return lambda name: var(name, ROLE)
+
+
+def psql(host, sql: str, database: str = "postgres") -> str:
+    """Run SQL as postgres over the unix socket; return unaligned, tuples-only output."""
+    cmd = "sudo -u postgres psql -X -At -v ON_ERROR_STOP=1 -d {} -c {}"
+    return host.check_output(cmd.format(shlex.quote(database), shlex.quote(sql)))
+
+
+def trigger_tables(v) -> list[dict]:
+    return [t for t in v("postgresql_partitioned_tables") if t.get("mode", "trigger") == "trigger"]
+
+
+def declarative_tables(v) -> list[dict]:
+    return [t for t in v("postgresql_partitioned_tables") if t.get("mode") == "declarative"]
+
+
+@pytest.fixture
+def events(v):
+    """The first trigger-partitioned table, with a row of values for its other columns."""
+    tables = trigger_tables(v)
+    if not tables:
+        pytest.skip("no trigger-partitioned table in this inventory")
+    return tables[0]
+
+
+def insert_sql(table: dict, timestamp: str) -> str:
+    """An INSERT of one row at TIMESTAMP; other NOT NULL text columns get a marker."""
+    names, values = [table["column"]], [f"'{timestamp}'"]
+    for column in table["columns"]:
+        ctype = column["type"].lower()
+        if column["name"] != table["column"] and "not null" in ctype and "text" in ctype:
+            names.append(column["name"])
+            values.append("'stackkit-test'")
+    schema = table.get("schema", "public")
+    return (
+        f"INSERT INTO {schema}.{table['table']} ({', '.join(names)}) VALUES ({', '.join(values)})"
+    )
+
+
+def children(host, table: dict) -> list[str]:
+    schema = table.get("schema", "public")
+    return psql(
+        host,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        f" WHERE i.inhparent = '{schema}.{table['table']}'::regclass ORDER BY 1",
+        table["database"],
+    ).split()
+
+
+def drop_children(host, table: dict, suffixes: list[str]) -> None:
+    schema = table.get("schema", "public")
+    for suffix in suffixes:
+        psql(host, f"DROP TABLE IF EXISTS {schema}.{table['table']}_p{suffix}", table["database"])
+
+
+def test_server_is_the_distribution_version_and_running(host):
+    versions = yaml.safe_load((ROOT / "roles" / ROLE / "vars" / "main.yml").read_text())[
+        "__postgresql_distribution_versions"
+    ]
+    distro = host.system_info.distribution.capitalize()
+    major = host.system_info.release.split(".")[0]
+    expected = versions[distro][major]
+    assert host.package(f"postgresql-{expected}").is_installed
+    assert host.service(f"postgresql@{expected}-main").is_running
+    assert host.service(f"postgresql@{expected}-main").is_enabled
+    assert psql(host, "SHOW server_version_num")[: len(expected)] == expected
+
+
+def test_tuning_is_derived_from_memory_and_settings_override_it(host, v):
+    memory = v("postgresql_memory_mb")
+    if not str(memory).isdigit():
+        memory = int(host.check_output("awk '/^MemTotal/ {print $2}' /proc/meminfo")) // 1024
+    memory = int(memory)
+    assert psql(host, "SHOW shared_buffers") == f"{max(128, int(memory * 0.25))}MB"
+    assert psql(host, "SHOW effective_cache_size") == f"{max(256, int(memory * 0.75))}MB"
+    assert psql(host, "SHOW max_connections") == str(v("postgresql_max_connections"))
+    assert psql(host, "SHOW password_encryption") == "scram-sha-256"
+    assert psql(host, "SHOW constraint_exclusion") == "partition"
+    work_mem_kb = int(psql(host, "SELECT setting FROM pg_settings WHERE name = 'work_mem'"))
+    assert work_mem_kb >= 4096
+    assert work_mem_kb * v("postgresql_max_connections") * 3 <= memory * 1024
+    for key, value in v("postgresql_settings").items():
+        assert psql(host, f"SHOW {key}") == str(value), key
+
+
+def test_listens_on_the_private_address_and_loopback_only(host, v):
+    port = v("postgresql_port")
+    assert wait_for(lambda: host.socket(f"tcp://127.0.0.1:{port}").is_listening)
+    assert host.socket(f"tcp://{address_of(host)}:{port}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+
+
+def _login(peer, address: str, port: int, user: str, database: str, password: str):
+    command = "PGPASSWORD={} PGCONNECT_TIMEOUT=5 psql -X -At -h {} -p {} -U {} -d {} -c {}"
+    return peer.run(
+        command.format(
+            shlex.quote(password),
+            address,
+            port,
+            shlex.quote(user),
+            shlex.quote(database),
+            shlex.quote("SELECT current_user, inet_server_addr()"),
+        )
+    )
+
+
+@pytest.fixture
+def app_login(v):
+    databases = v("postgresql_databases")
+    if not databases:
+        pytest.skip("no database for the app in this inventory")
+    database = databases[0]
+    password = {u["name"]: u["password"] for u in v("postgresql_users")}[database["owner"]]
+    return database["name"], database["owner"], password
+
+
+def test_app_host_logs_in_with_scram(host, v, inventory_hosts, app_login):
+    database, user, password = app_login
+    apps = [p for p in inventory_hosts("app") if address_of(p) in v("postgresql_app_sources")]
+    assert apps, "no app host among postgresql_app_sources"
+    result = _login(apps[0], address_of(host), v("postgresql_port"), user, database, password)
+    assert result.rc == 0, result.stderr
+    assert result.stdout.split("|")[0] == user
+    secret = psql(host, f"SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'")
+    assert secret.startswith("SCRAM-SHA-256$")
+
+
+def test_app_host_with_a_wrong_password_is_refused(host, v, inventory_hosts, app_login):
+    database, user, _ = app_login
+    app = inventory_hosts("app")[0]
+    result = _login(app, address_of(host), v("postgresql_port"), user, database, "not-the-password")
+    assert result.rc != 0
+    assert "password authentication failed" in result.stderr
+
+
+def test_non_app_address_is_refused_even_with_the_password(host, v, app_login):
+    """The db host's own private address is not an app source: pg_hba.conf has no line for it."""
+    database, user, password = app_login
+    address = address_of(host)
+    if address in v("postgresql_app_sources"):
+        pytest.skip("this db host is an app host too (single-host topology)")
+    result = _login(host, address, v("postgresql_port"), user, database, password)
+    assert result.rc != 0
+    assert f'no pg_hba.conf entry for host "{address}"' in result.stderr
+
+
+def test_rows_for_three_months_land_in_three_children_and_none_in_the_parent(host, events):
+    suffixes = ["209901", "209902", "209903"]
+    drop_children(host, events, suffixes)
+    for suffix in suffixes:
+        psql(
+            host,
+            insert_sql(events, f"{suffix[:4]}-{suffix[4:]}-15 12:00:00+00"),
+            events["database"],
+        )
+    parent = f"{events.get('schema', 'public')}.{events['table']}"
+    assert psql(host, f"SELECT count(*) FROM ONLY {parent}", events["database"]) == "0"
+    names = {f"{events['table']}_p{s}" for s in suffixes}
+    assert names <= set(children(host, events))
+    for name in names:
+        rows = psql(
+            host,
+            f"SELECT count(*) FROM {events.get('schema', 'public')}.{name}",
+            events["database"],
+        )
+        assert rows == "1", name
+        owner = psql(
+            host, f"SELECT tableowner FROM pg_tables WHERE tablename = '{name}'", events["database"]
+        )
+        assert owner == events["owner"]
+        indexes = psql(
+            host, f"SELECT count(*) FROM pg_indexes WHERE tablename = '{name}'", events["database"]
+        )
+        assert int(indexes) == len(events.get("indexes", [])), f"{name} lacks the parent's indexes"
+
+
+def test_explain_of_one_month_scans_one_child(host, events):
+    suffixes = ["209901", "209902", "209903"]
+    for suffix in suffixes:
+        if f"{events['table']}_p{suffix}" not in children(host, events):
+            psql(
+                host,
+                insert_sql(events, f"{suffix[:4]}-{suffix[4:]}-15 12:00:00+00"),
+                events["database"],
+            )
+    parent = f"{events.get('schema', 'public')}.{events['table']}"
+    plan = psql(
+        host,
+        f"EXPLAIN SELECT * FROM {parent} WHERE {events['column']} >= '2099-02-01 00:00:00+00'"
+        f" AND {events['column']} < '2099-03-01 00:00:00+00'",
+        events["database"],
+    )
+    scanned = set(re.findall(rf"\b({events['table']}_p\d+)\b", plan))
+    assert scanned == {f"{events['table']}_p209902"}, plan
+
+
+def test_eight_concurrent_connections_create_a_new_month_without_error(host, v, events, app_login):
+    """Eight sessions, all connected and released at the same instant, insert into a month that
+    has no child yet, as the app's role: every one succeeds and one child holds all the rows."""
+    database, user, password = app_login
+    if database != events["database"]:
+        pytest.skip("the partitioned table is not in the app's database")
+    suffix = "209806"
+    drop_children(host, events, [suffix])
+    row = insert_sql(events, "2098-06-10 08:00:00+00")
+    client = (
+        f"PGPASSWORD={shlex.quote(password)} psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1"
+        f" -p {v('postgresql_port')} -U {user} -d {database}"
+    )
+    script = f"""
+release=$(date -u -d '+3 seconds' '+%Y-%m-%d %H:%M:%S+00')
+pids=()
+for i in 1 2 3 4 5 6 7 8; do
+  {client} -c "SELECT pg_sleep_until('$release')" -c {shlex.quote(row)} \\
+    >/tmp/pg-concurrent-$i.log 2>&1 &
+  pids+=($!)
+done
+failed=0
+for pid in "${{pids[@]}}"; do wait "$pid" || failed=$((failed + 1)); done
+cat /tmp/pg-concurrent-*.log
+echo "failed=$failed"
+"""
+    result = host.run(f"bash -c {shlex.quote(script)}")
+    assert result.rc == 0, result.stderr
+    assert "failed=0" in result.stdout, result.stdout
+    assert "already exists" not in result.stdout
+    child = f"{events.get('schema', 'public')}.{events['table']}_p{suffix}"
+    assert psql(host, f"SELECT count(*) FROM {child}", events["database"]) == "8"
+    assert children(host, events).count(f"{events['table']}_p{suffix}") == 1
+    parent = f"{events.get('schema', 'public')}.{events['table']}"
+    assert psql(host, f"SELECT count(*) FROM ONLY {parent}", events["database"]) == "0"
+
+
+def test_retention_service_drops_a_child_older_than_the_retention(host, events):
+    suffix = "200101"
+    drop_children(host, events, [suffix])
+    psql(host, insert_sql(events, "2001-01-15 00:00:00+00"), events["database"])
+    psql(host, insert_sql(events, "2099-01-15 00:00:00+00"), events["database"])
+    assert f"{events['table']}_p{suffix}" in children(host, events)
+    host.check_output("systemctl start postgresql-partitions.service")
+    remaining = children(host, events)
+    assert f"{events['table']}_p{suffix}" not in remaining
+    assert f"{events['table']}_p209901" in remaining, "a future child must survive retention"
+
+
+def test_partition_maintenance_runs_on_a_timer(host, v):
+    if not v("postgresql_partitioned_tables"):
+        pytest.skip("no partitioned table in this inventory")
+    assert host.service("postgresql-partitions.timer").is_enabled
+    assert host.service("postgresql-partitions.timer").is_running
+    sql = host.file(
+        f"{v('postgresql_partitions_sql_dir')}/{v('postgresql_partitioned_tables')[0]['database']}.sql"
+    )
+    assert sql.mode == 0o640
+    assert "Ansible managed" in sql.content_string
+
+
+def test_declarative_partitions_exist_ahead_and_take_rows(host, v):
+    tables = declarative_tables(v)
+    if not tables:
+        pytest.skip("no declarative table in this inventory")
+    for table in tables:
+        schema = table.get("schema", "public")
+        parent = f"{schema}.{table['table']}"
+        kind = psql(
+            host,
+            f"SELECT relkind FROM pg_class WHERE oid = '{parent}'::regclass",
+            table["database"],
+        )
+        assert kind == "p"
+        fmt = "YYYYMM" if table["interval"] == "month" else "YYYYMMDD"
+        expected = psql(
+            host,
+            f"SELECT string_agg('{table['table']}_p' || to_char(date_trunc('{table['interval']}',"
+            f" now() AT TIME ZONE 'UTC') + i * interval '1 {table['interval']}', '{fmt}'), ' ')"
+            f" FROM generate_series(0, {table.get('premake', 3)}) AS i",
+            table["database"],
+        ).split()
+        assert set(expected) <= set(children(host, table))
+        psql(host, insert_sql(table, "now()").replace("'now()'", "now()"), table["database"])
+        assert psql(host, f"SELECT count(*) FROM ONLY {parent}", table["database"]) == "0"
+
+
+def test_backup_dir_is_private_and_the_timer_enabled(host, v):
+    backup_dir = host.file(v("postgresql_backup_dir"))
+    assert backup_dir.is_directory
+    assert backup_dir.user == "postgres"
+    assert backup_dir.mode == 0o700
+    if v("postgresql_backup_enabled"):
+        assert host.service("postgresql-backup.timer").is_enabled
+
+
+def newest_dump(host, backup_dir: str, database: str) -> str:
+    return host.check_output(f"ls -1 {backup_dir}/{database}/{database}-*.dump | sort | tail -n 1")
+
+
+def test_dump_drop_restore_gives_equal_row_counts(host, v):
+    if v("postgresql_backup_databases"):
+        pytest.skip("backups are limited to named databases in this inventory")
+    scratch = "stackkit_restore_check"
+    psql(host, f"DROP DATABASE IF EXISTS {scratch}")
+    psql(host, f"CREATE DATABASE {scratch}")
+    psql(
+        host,
+        "CREATE TABLE items AS"
+        " SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 1234) AS g",
+        scratch,
+    )
+    try:
+        host.check_output("systemctl start postgresql-backup.service")
+        dump = newest_dump(host, v("postgresql_backup_dir"), scratch)
+        assert host.file(dump).user == "postgres"
+        psql(host, f"DROP DATABASE {scratch}")
+        psql(host, f"CREATE DATABASE {scratch}")
+        host.check_output(f"sudo -u postgres pg_restore --exit-on-error -d {scratch} {dump}")
+        assert psql(host, "SELECT count(*) FROM items", scratch) == "1234"
+    finally:
+        psql(host, f"DROP DATABASE IF EXISTS {scratch}")
+
+
+def test_partitioned_data_restores_from_its_dump(host, v, events):
+    """The app database's dump, restored into a fresh database, holds every partitioned row."""
+    database = events["database"]
+    if v("postgresql_backup_databases") and database not in v("postgresql_backup_databases"):
+        pytest.skip(f"{database} is not backed up in this inventory")
+    psql(host, insert_sql(events, "2099-03-20 00:00:00+00"), database)
+    host.check_output("systemctl start postgresql-backup.service")
+    dump = newest_dump(host, v("postgresql_backup_dir"), database)
+    scratch = f"{database}_restore_check"
+    parent = f"{events.get('schema', 'public')}.{events['table']}"
+    psql(host, f"DROP DATABASE IF EXISTS {scratch}")
+    psql(host, f"CREATE DATABASE {scratch}")
+    try:
+        host.check_output(f"sudo -u postgres pg_restore --exit-on-error -d {scratch} {dump}")
+        original = psql(host, f"SELECT count(*) FROM {parent}", database)
+        assert int(original) > 0
+        assert psql(host, f"SELECT count(*) FROM {parent}", scratch) == original
+        assert psql(host, f"SELECT count(*) FROM ONLY {parent}", scratch) == "0"
+    finally:
+        psql(host, f"DROP DATABASE IF EXISTS {scratch}")
+
+
+def test_backup_keeps_only_the_newest_dumps(host, v):
+    keep = v("postgresql_backup_keep")
+    backup_dir = v("postgresql_backup_dir")
+    database = "postgres_rotation_check"
+    psql(host, f"DROP DATABASE IF EXISTS {database}")
+    psql(host, f"CREATE DATABASE {database}")
+    try:
+        old = [
+            f"{backup_dir}/{database}/{database}-2000010{i}T000000Z.dump"
+            for i in range(1, keep + 2)
+        ]
+        host.check_output(f"install -d -o postgres -g postgres -m 0700 {backup_dir}/{database}")
+        host.check_output(f"sudo -u postgres touch {' '.join(old)}")
+        host.check_output("systemctl start postgresql-backup.service")
+        kept = host.check_output(f"ls -1 {backup_dir}/{database}").split()
+        assert len(kept) == keep
+        assert Path(old[-1]).name in kept and Path(old[0]).name not in kept
+    finally:
+        psql(host, f"DROP DATABASE IF EXISTS {database}")
+        host.run(f"rm -rf {backup_dir}/{database}")
