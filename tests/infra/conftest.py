@@ -22,18 +22,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Molecule sets STACKKIT_TESTS to its scenario name: run only that role's suite."""
-    wanted = os.environ.get("STACKKIT_TESTS", "")
-    is_suite = collection_path.suffix == ".py" and collection_path.name.startswith("test_")
-    if not wanted or not is_suite:
-        return None
-    names = {name.strip() for name in wanted.split(",")}
-    return collection_path.stem.removeprefix("test_") not in names
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Molecule passes every suite's file explicitly, which pytest_ignore_collect cannot veto."""
+    """Molecule sets STACKKIT_TESTS to its scenario name and passes every suite's file
+    explicitly: keep only that role's suite."""
     wanted = os.environ.get("STACKKIT_TESTS", "")
     if not wanted:
         return
