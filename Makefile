@@ -95,3 +95,4 @@ $(MONGOD_STANDIN): $(wildcard tests/standin/*.go) tests/standin/go.mod tests/sta
 mongod-standin: $(MONGOD_STANDIN) ## build the mongodb scenario's stand-in server
 
 molecule: $(MONGOD_STANDIN)
+demo: $(MONGOD_STANDIN)

@@ -273,6 +273,7 @@ chown {user}:{user} /home/{user}/.ssh/authorized_keys
 chmod 0600 /home/{user}/.ssh/authorized_keys
 echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{user}-bootstrap
 chmod 0440 /etc/sudoers.d/90-{user}-bootstrap
+systemctl reset-failed ssh || true
 systemctl restart ssh
 """
 
