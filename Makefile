@@ -95,3 +95,15 @@ clean: ## remove local hosts and caches (not the images)
 	-$(HOSTS) down --topology single
 	-$(HOSTS) down --topology multi
 	rm -rf .cache/facts
+
+# The mongodb scenario runs a MongoDB-wire stand-in (no registry here carries mongod),
+# built on the controller from tests/standin/ and installed through the role's binary method.
+MONGOD_STANDIN := .cache/artifacts/mongod-standin
+$(MONGOD_STANDIN): $(wildcard tests/standin/*.go) tests/standin/go.mod tests/standin/go.sum
+	tests/standin/build.sh $@
+
+.PHONY: mongod-standin
+mongod-standin: $(MONGOD_STANDIN) ## build the mongodb scenario's stand-in server
+
+molecule: $(MONGOD_STANDIN)
+demo: $(MONGOD_STANDIN)
