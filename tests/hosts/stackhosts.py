@@ -363,6 +363,7 @@ def render_inventory(topology: str, addresses: dict[str, str]) -> str:
         "  vars:",
         f"    ansible_user: {DEPLOY_USER}",
         '    ansible_ssh_private_key_file: "{{ inventory_dir }}/../../.cache/ssh/id_ed25519"',
+        "    ansible_host_key_checking: false",
         "    ansible_ssh_common_args: >-",
         "      -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
         "  hosts:",
