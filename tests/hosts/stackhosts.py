@@ -273,6 +273,8 @@ chown {user}:{user} /home/{user}/.ssh/authorized_keys
 chmod 0600 /home/{user}/.ssh/authorized_keys
 echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{user}-bootstrap
 chmod 0440 /etc/sudoers.d/90-{user}-bootstrap
+# sshd fails at boot until the host keys exist; on a busy machine systemd gives up on it.
+systemctl reset-failed ssh.service 2>/dev/null || true
 systemctl restart ssh
 """
 
