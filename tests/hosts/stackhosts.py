@@ -273,7 +273,9 @@ chown {user}:{user} /home/{user}/.ssh/authorized_keys
 chmod 0600 /home/{user}/.ssh/authorized_keys
 echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{user}-bootstrap
 chmod 0440 /etc/sudoers.d/90-{user}-bootstrap
-systemctl restart ssh
+# sshd gave up at boot for want of host keys; start it afresh now that it has them.
+systemctl reset-failed ssh.service
+systemctl restart ssh.service
 """
 
 
