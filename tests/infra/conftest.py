@@ -36,19 +36,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files named on the command line (molecule passes every suite) skip the hook above."""
-    wanted = os.environ.get("STACKKIT_TESTS", "")
-    if not wanted:
-        return
-    names = {name.strip() for name in wanted.split(",")}
-    keep = [i for i in items if i.path.stem.removeprefix("test_") in names]
-    dropped = [i for i in items if i not in keep]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
-
-
 def role_defaults(role: str) -> dict:
     return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
 
