@@ -80,12 +80,16 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 	touch $@
 
 .PHONY: molecule
-molecule: images ## every molecule scenario (or SCENARIOS="common ...")
+molecule: images artifacts ## every molecule scenario (or SCENARIOS="common ...")
 	@set -e; for s in $(SCENARIOS); do \
 	  echo "== molecule test -s $$s"; start=$$(date +%s); \
 	  $(ACTIVATE) molecule test -s $$s; \
 	  echo "== $$s passed in $$(( $$(date +%s) - start )) s"; \
 	done
+
+.PHONY: artifacts
+artifacts: ## fetch the test artifacts no archive carries into .cache/artifacts (once)
+	tests/hosts/fetch-artifacts.sh
 
 .PHONY: test
 test: lint unit molecule ## everything CI runs
