@@ -79,6 +79,10 @@ def inventory_hosts(pytestconfig) -> Callable[[str], list]:
     return get
 
 
+def in_container(host) -> bool:
+    return host.run("systemd-detect-virt --container --quiet").rc == 0
+
+
 def address_of(host) -> str:
     return render(host, "ansible_host | default(inventory_hostname)")
 

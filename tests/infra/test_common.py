@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import (
     address_of,
+    in_container,
     render,
     tcp_reachable_from,
     tcp_reachable_from_controller,
@@ -19,10 +20,6 @@ ROLE = "common"
 @pytest.fixture
 def v(var):
     return lambda name: var(name, ROLE)
-
-
-def in_container(host) -> bool:
-    return host.run("systemd-detect-virt --container --quiet").rc == 0
 
 
 def test_base_packages_are_installed(host, v):

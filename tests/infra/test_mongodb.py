@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, address_of, wait_for
+from conftest import ROOT, address_of, in_container, wait_for
 
 testinfra_hosts = ["ansible://docs"]
 ROLE = "mongodb"
@@ -26,10 +26,6 @@ ROLE = "mongodb"
 @pytest.fixture
 def v(var):
     return lambda name: var(name, ROLE)
-
-
-def in_container(host) -> bool:
-    return host.run("systemd-detect-virt --container --quiet").rc == 0
 
 
 def main_pid(host, service: str) -> int:

@@ -9,6 +9,7 @@ import shlex
 import pytest
 from conftest import (
     address_of,
+    in_container,
     render,
     tcp_reachable_from,
     tcp_reachable_from_controller,
@@ -59,10 +60,6 @@ def ping_from(peer, address: str, port: int, user: str, password: str) -> str:
         "head -c 12 <&3; exec 3>&-"
     )
     return peer.run(f"timeout 5 bash -c {shlex.quote(script)}").stdout
-
-
-def in_container(host) -> bool:
-    return host.run("systemd-detect-virt --container --quiet").rc == 0
 
 
 def main_pid(host) -> int:
