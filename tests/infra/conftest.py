@@ -64,6 +64,12 @@ def var(host) -> Callable[[str, str], object]:
     return lookup
 
 
+@pytest.fixture
+def v(var, request) -> Callable[[str], object]:
+    """v(name): var() for the role named by the suite's module-level ROLE."""
+    return lambda name: var(name, request.module.ROLE)
+
+
 @pytest.fixture(scope="session")
 def inventory_hosts(pytestconfig) -> Callable[[str], list]:
     """inventory_hosts(pattern): testinfra hosts of another group, e.g. to probe from."""

@@ -17,11 +17,6 @@ testinfra_hosts = ["ansible://all"]
 ROLE = "common"
 
 
-@pytest.fixture
-def v(var):
-    return lambda name: var(name, ROLE)
-
-
 def test_base_packages_are_installed(host, v):
     for name in v("common_packages") + v("common_extra_packages"):
         assert host.package(name).is_installed, name

@@ -17,11 +17,6 @@ ROLE = "elasticsearch"
 
 
 @pytest.fixture
-def v(var):
-    return lambda name: var(name, ROLE)
-
-
-@pytest.fixture
 def settings(host, v) -> dict:
     """elasticsearch.yml as rendered (test_elasticsearch_config holds it to the inventory)."""
     text = host.file(f"{v('elasticsearch_conf_dir')}/elasticsearch.yml").content_string

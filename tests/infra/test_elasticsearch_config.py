@@ -12,11 +12,6 @@ ROLE = "elasticsearch"
 
 
 @pytest.fixture
-def v(var):
-    return lambda name: var(name, ROLE)
-
-
-@pytest.fixture
 def settings(host, v) -> dict:
     return yaml.safe_load(
         host.file(f"{v('elasticsearch_conf_dir')}/elasticsearch.yml").content_string

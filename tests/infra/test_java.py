@@ -13,11 +13,6 @@ ROLE = "java"
 VERSION_LINE = re.compile(r"^( \*\*\*|    ) \S")
 
 
-@pytest.fixture
-def v(var):
-    return lambda name: var(name, ROLE)
-
-
 def java_home(host, v) -> str:
     """The inventory's java_home, else the role default: the JVM directory of the host's arch."""
     if render(host, "java_home is defined"):

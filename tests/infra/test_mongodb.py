@@ -23,11 +23,6 @@ testinfra_hosts = ["ansible://docs"]
 ROLE = "mongodb"
 
 
-@pytest.fixture
-def v(var):
-    return lambda name: var(name, ROLE)
-
-
 def main_pid(host, service: str) -> int:
     pid = 0
 

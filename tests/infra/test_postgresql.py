@@ -16,11 +16,6 @@ testinfra_hosts = ["ansible://db"]
 ROLE = "postgresql"
 
 
-@pytest.fixture
-def v(var):
-    return lambda name: var(name, ROLE)
-
-
 def psql(host, sql: str, database: str = "postgres") -> str:
     """Run SQL as postgres over the unix socket; return unaligned, tuples-only output."""
     cmd = "sudo -u postgres psql -X -At -v ON_ERROR_STOP=1 -d {} -c {}"

@@ -46,11 +46,6 @@ print(json.dumps(result))
 
 
 @pytest.fixture
-def v(var):
-    return lambda name: var(name, ROLE)
-
-
-@pytest.fixture
 def app_host(inventory_hosts):
     peers = inventory_hosts("app")
     if not peers:

@@ -21,11 +21,6 @@ ROLE = "redis"
 UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
 
-@pytest.fixture
-def v(var):
-    return lambda name: var(name, ROLE)
-
-
 def cli(host, v, *args: str, user: str | None = None, password: str | None = None):
     """redis-cli on the cache host over its private address; the password travels in the env."""
     auth = f"REDISCLI_AUTH={shlex.quote(password)} " if password else ""
