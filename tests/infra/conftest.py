@@ -113,3 +113,24 @@ def tcp_reachable_from_controller(address: str, port: int, timeout: float = 2) -
 def tcp_reachable_from(peer, address: str, port: int, timeout: int = 2) -> bool:
     probe = f"timeout {timeout} bash -c '</dev/tcp/{address}/{port}'"
     return peer.run(probe).rc == 0
+
+
+def main_pid(host, service: str) -> int:
+    pid = 0
+
+    def running() -> bool:
+        nonlocal pid
+        pid = int(host.check_output(f"systemctl show -p MainPID --value {service}"))
+        return pid > 0
+
+    assert wait_for(running, timeout=30), f"{service} has no main process"
+    return pid
+
+
+def process_limits(host, pid: int) -> dict[str, tuple[str, str]]:
+    """/proc/PID/limits as {'Max open files': (soft, hard), ...}."""
+    limits = {}
+    for line in host.file(f"/proc/{pid}/limits").content_string.splitlines()[1:]:
+        name, soft, hard = line[:26].strip(), line[26:47].strip(), line[47:68].strip()
+        limits[name] = (soft, hard)
+    return limits

@@ -17,31 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, address_of, in_container, wait_for
+from conftest import ROOT, address_of, in_container, main_pid, process_limits, wait_for
 
 testinfra_hosts = ["ansible://docs"]
 ROLE = "mongodb"
-
-
-def main_pid(host, service: str) -> int:
-    pid = 0
-
-    def running() -> bool:
-        nonlocal pid
-        pid = int(host.check_output(f"systemctl show -p MainPID --value {service}"))
-        return pid > 0
-
-    assert wait_for(running, timeout=30), f"{service} has no main process"
-    return pid
-
-
-def process_limits(host, pid: int) -> dict[str, tuple[str, str]]:
-    """/proc/PID/limits as {'Max open files': (soft, hard), ...}."""
-    limits = {}
-    for line in host.file(f"/proc/{pid}/limits").content_string.splitlines()[1:]:
-        name, soft, hard = line[:26].strip(), line[26:47].strip(), line[47:68].strip()
-        limits[name] = (soft, hard)
-    return limits
 
 
 def process_uids(host, pid: int) -> list[int]:

@@ -63,6 +63,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: Django cache (msgpack + zlib) and Celery results -----------------------------------
 REDIS_HOST = env("REDIS_HOST", "127.0.0.1")
 REDIS_PORT = env_int("REDIS_PORT", 6379)
+REDIS_USER = env("REDIS_USER", "")
 REDIS_PASSWORD = env("REDIS_PASSWORD", "")
 REDIS_CACHE_DB = env_int("REDIS_CACHE_DB", 1)
 REDIS_RESULT_DB = env_int("REDIS_RESULT_DB", 2)
@@ -72,7 +73,7 @@ CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": url_with_credentials(
-            "redis", REDIS_HOST, REDIS_PORT, "", REDIS_PASSWORD, str(REDIS_CACHE_DB)
+            "redis", REDIS_HOST, REDIS_PORT, REDIS_USER, REDIS_PASSWORD, str(REDIS_CACHE_DB)
         ),
         "KEY_PREFIX": "catalogue",
         "OPTIONS": {
@@ -103,7 +104,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publisher confirms: a publish returns only once RabbitMQ has taken the message.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_RESULT_BACKEND = url_with_credentials(
-    "redis", REDIS_HOST, REDIS_PORT, "", REDIS_PASSWORD, str(REDIS_RESULT_DB)
+    "redis", REDIS_HOST, REDIS_PORT, REDIS_USER, REDIS_PASSWORD, str(REDIS_RESULT_DB)
 )
 CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 86400)
 CELERY_TASK_SERIALIZER = "json"

@@ -1,0 +1,570 @@
+"""The catalogue end to end, through nginx on a web host, against the services the other roles
+run on their own hosts: what a user sees, and what lands in PostgreSQL, Elasticsearch, Redis,
+MongoDB and RabbitMQ. Nothing here is mocked; images are served by a small HTTP server on the
+controller so a test can hold an image fetch open or make it fail."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shlex
+import string
+import threading
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from conftest import address_of, render, wait_for
+
+testinfra_hosts = ["ansible://web"]
+ROLE = "app"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(120)
+
+
+# --- the site and the services behind it -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site(host, var):
+    base = f"http://{address_of(host)}:{var('nginx_listen_port', 'nginx')}"
+    session = requests.Session()
+    assert wait_for(lambda: session.get(f"{base}/readyz", timeout=5).status_code == 200, 60)
+    return Site(base, session)
+
+
+class Site:
+    def __init__(self, base: str, session: requests.Session) -> None:
+        self.base = base
+        self.http = session
+
+    def get(self, path: str, **params) -> requests.Response:
+        return self.http.get(self.base + path, params=params, timeout=10)
+
+    def post(self, path: str, payload) -> requests.Response:
+        return self.http.post(self.base + path, json=payload, timeout=10)
+
+    def add(self, title: str, image_url: str, **extra) -> str:
+        response = self.post("/api/products/", {"title": title, "image_url": image_url, **extra})
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    def stored(self, product_id: str, timeout: float = 60) -> dict:
+        found: dict = {}
+
+        def ready() -> bool:
+            response = self.get(f"/api/products/{product_id}")
+            found.update(response.json() if response.status_code == 200 else {})
+            return response.status_code == 200
+
+        assert wait_for(ready, timeout=timeout), f"product {product_id} never stored"
+        return found
+
+    def search_ids(self, q: str) -> list[str]:
+        response = self.get("/api/search", q=q)
+        return [hit["id"] for hit in response.json()["results"]] if response.ok else []
+
+    def autocomplete_ids(self, q: str) -> list[str]:
+        response = self.get("/api/autocomplete", q=q)
+        return [hit["id"] for hit in response.json()["results"]] if response.ok else []
+
+
+@pytest.fixture(scope="module")
+def db(inventory_hosts, var):
+    peer = inventory_hosts("db")[0]
+    database = var("app_postgres_db", ROLE)
+
+    def sql(query: str) -> list[list[str]]:
+        out = peer.check_output(
+            f"runuser -u postgres -- psql -d {database} -tAF '|' -c {shlex.quote(query)}"
+        )
+        return [line.split("|") for line in out.splitlines() if line]
+
+    return sql
+
+
+@pytest.fixture(scope="module")
+def queue_depths(inventory_hosts, var):
+    peer = inventory_hosts("broker")[0]
+    vhost = var("rabbitmq_vhost", "rabbitmq")
+
+    def depths() -> dict[str, int]:
+        out = peer.check_output(
+            f"rabbitmqctl -q list_queues -p {vhost} name messages --no-table-headers"
+        )
+        return {name: int(n) for name, n in (line.split() for line in out.splitlines() if line)}
+
+    return depths
+
+
+@pytest.fixture(scope="module")
+def manage(host):
+    """Run Python in the live release on an app host, with the app's settings loaded."""
+
+    def run(code: str) -> str:
+        return host.check_output(f"catalogue-manage shell -c {shlex.quote(code)}")
+
+    return run
+
+
+@contextmanager
+def stopped(hosts, unit: str):
+    for peer in hosts:
+        peer.check_output(f"systemctl stop {unit}")
+    try:
+        yield
+    finally:
+        for peer in hosts:
+            peer.check_output(f"systemctl start {unit}")
+
+
+# --- images served from the controller ----------------------------------------------------------
+
+
+class Images(ThreadingHTTPServer):
+    """/img/NAME answers at once; /hold/NAME waits until release(NAME); /broken/NAME is a 503."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("0.0.0.0", 0), ImageHandler)  # noqa: S104 (reached from the test hosts)
+        self.hits: Counter[str] = Counter()
+        self.arrived: dict[str, threading.Event] = {}
+        self.released: dict[str, threading.Event] = {}
+        self.base = ""
+
+    def events(self, name: str) -> tuple[threading.Event, threading.Event]:
+        self.arrived.setdefault(name, threading.Event())
+        self.released.setdefault(name, threading.Event())
+        return self.arrived[name], self.released[name]
+
+
+class ImageHandler(BaseHTTPRequestHandler):
+    server: Images
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.answer(body=False)
+
+    def do_GET(self) -> None:
+        self.answer(body=True)
+
+    def answer(self, body: bool) -> None:
+        kind, _, name = self.path.strip("/").partition("/")
+        self.server.hits[self.path] += 1
+        if kind == "broken":
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if kind == "hold":
+            arrived, released = self.server.events(name)
+            arrived.set()
+            released.wait(timeout=120)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(PNG)))
+        self.end_headers()
+        if body:
+            self.wfile.write(PNG)
+
+
+@pytest.fixture(scope="module")
+def images(inventory_hosts):
+    worker = inventory_hosts("worker")[0]
+    route = worker.check_output("ip -4 route show default")
+    controller = re.search(r"via (\S+)", route).group(1)
+    server = Images()
+    server.base = f"http://{controller}:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    for event in server.released.values():
+        event.set()
+    server.shutdown()
+
+
+def word() -> str:
+    """A made-up word no other product has: consonant-vowel pairs, so it tokenises as one term."""
+    return "".join(random.choice("bdfgklmnprstvz") + random.choice("aeiou") for _ in range(5))
+
+
+def misspell(text: str) -> str:
+    """Drop one letter from the middle, as a hurried typist does."""
+    middle = len(text) // 2
+    return text[:middle] + text[middle + 1 :]
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+def test_liveness_and_readiness_check_every_dependency(site):
+    assert site.get("/healthz").json() == {"status": "ok"}
+    ready = site.get("/readyz")
+    assert ready.status_code == 200
+    checks = ready.json()["checks"]
+    assert set(checks) == {"postgresql", "redis", "rabbitmq", "elasticsearch", "mongodb"}
+    assert all(check["ok"] for check in checks.values()), checks
+
+
+# --- adding products ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"image_url": "http://example.com/a.png"}, "title"),
+        ({"title": "   ", "image_url": "http://example.com/a.png"}, "title"),
+        ({"title": "x" * 201, "image_url": "http://example.com/a.png"}, "title"),
+        ({"title": "Ftp image", "image_url": "ftp://example.com/a.png"}, "image_url"),
+        ({"title": "Script", "image_url": "javascript:alert(1)"}, "image_url"),
+        ({"title": "Long URL", "image_url": "http://example.com/" + "a" * 2040}, "image_url"),
+    ],
+    ids=["no title", "blank title", "title too long", "ftp url", "javascript url", "url too long"],
+)
+def test_bad_input_is_refused_with_field_errors(site, payload, field):
+    response = site.post("/api/products/", payload)
+    assert response.status_code == 400
+    assert field in response.json()["errors"]
+
+
+def test_bad_input_stores_and_enqueues_nothing(site, db, queue_depths, inventory_hosts, images):
+    """With the workers stopped, every message published stays in its queue: a refused post
+    adds none and no row, while an accepted one adds exactly one message."""
+    workers = inventory_hosts("worker")
+    with stopped(workers, "catalogue-worker-default"):
+        rows = db("SELECT count(*) FROM catalogue_product")[0][0]
+        before = queue_depths()
+        for bad in ({"title": "", "image_url": "http://x.example/a.png"}, {"title": "t"}, [1, 2]):
+            assert site.post("/api/products/", bad).status_code == 400
+        batch = {"products": [{"title": "good", "image_url": f"{images.base}/img/a.png"}, {}]}
+        assert site.post("/api/products/batch", batch).status_code == 400
+        assert queue_depths() == before
+        assert db("SELECT count(*) FROM catalogue_product")[0][0] == rows
+
+        product_id = site.add(f"Control {word()}", f"{images.base}/img/control.png")
+        assert wait_for(lambda: queue_depths()["default"] == before["default"] + 1, timeout=10)
+    site.stored(product_id)
+
+
+def test_post_is_accepted_before_the_slow_work_is_done(site, images):
+    """The image server holds the fetch open: the POST has answered and the product is stored
+    while the slow task still waits for it; once released, its result is kept."""
+    name = f"{word()}.png"
+    arrived, released = images.events(name)
+    started = time.monotonic()
+    response = site.post("/api/products/", {"title": f"Held {word()}", "image_url": f"{images.base}/hold/{name}"})
+    latency = time.monotonic() - started
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status_url"] == f"/api/products/{body['id']}"
+    product = site.stored(body["id"])
+    assert arrived.wait(timeout=60), "the slow task never fetched the image"
+    assert not released.is_set()
+    assert product["image"]["status"] == "pending"
+    print(f"POST latency with the slow task pending: {latency * 1000:.0f} ms")
+
+    released.set()
+    assert wait_for(lambda: site.stored(body["id"])["image"]["outcome"] == "ok", timeout=60)
+    image = site.stored(body["id"])["image"]
+    assert image["content_type"] == "image/png"
+    assert image["size"] == len(PNG)
+
+
+def test_a_broken_image_url_is_retried_a_capped_number_of_times(site, images, var):
+    """A 503 forever: the slow task gives up after the configured retries, the product stays."""
+    path = f"/broken/{word()}.png"
+    product_id = site.add(f"Broken {word()}", images.base + path)
+    attempts = int(var("app_image_fetch_max_retries", ROLE)) + 1
+
+    def gave_up() -> bool:
+        return site.stored(product_id)["image"]["status"] == "failed"
+
+    assert wait_for(gave_up, timeout=120, interval=1)
+    assert site.stored(product_id)["image"]["outcome"] == "http_error"
+    time.sleep(3)  # a retry scheduled after the last recorded attempt would show up here
+    history = site.get(f"/api/products/{product_id}/history").json()["history"]
+    fetches = [doc for doc in history if doc["kind"] == "image_fetch"]
+    assert len(fetches) == attempts
+    assert images.hits[path] >= attempts
+
+
+def test_a_redelivered_insert_creates_no_second_product(site, manage, db, images):
+    product_id = site.add(f"Twice {word()}", f"{images.base}/img/twice.png")
+    site.stored(product_id)
+    submission = {"id": product_id, "title": "Twice again", "image_url": f"{images.base}/img/x.png"}
+    manage(
+        "from catalogue.tasks import insert_product; "
+        f"print(insert_product.delay({submission!r}).get(timeout=30))"
+    )
+    rows = db(f"SELECT count(*), min(title) FROM catalogue_product WHERE id = '{product_id}'")
+    assert rows[0][0] == "1"
+    assert rows[0][1].startswith("Twice ")
+
+
+def test_a_batch_runs_in_two_rounds(site, images):
+    tag = word()
+    products = [{"title": f"Batch {tag} {n}", "image_url": f"{images.base}/img/b{n}.png"} for n in range(4)]
+    response = site.post("/api/products/batch", {"products": products})
+    assert response.status_code == 202
+    body = response.json()
+    ids = [p["id"] for p in body["products"]]
+
+    def summary() -> dict:
+        answer = site.get(body["status_url"])
+        return answer.json() if answer.status_code == 200 else {}
+
+    assert wait_for(lambda: summary().get("status") == "done", timeout=60)
+    done = summary()
+    assert done["products"] == 4
+    assert done["created"] == 4
+    assert sorted(done["ids"]) == sorted(ids)
+
+
+# --- search ------------------------------------------------------------------------------------
+
+
+def test_a_product_is_found_by_autocomplete_and_by_a_misspelt_search(site, images):
+    name = word()
+    product_id = site.add(f"Python {name} cookbook", f"{images.base}/img/{name}.png")
+    site.stored(product_id)
+    assert wait_for(lambda: product_id in site.autocomplete_ids(name[:4]), timeout=60)
+    assert site.autocomplete_ids(name[:4])[0] == product_id
+    assert product_id in site.search_ids(misspell(name))
+    answer = site.get("/api/search", q=f"pythn {misspell(name)}").json()
+    assert answer["mode"] == "term"
+    assert "python" in answer["suggestions"]
+    assert answer["results"][0]["id"] == product_id
+
+
+def test_the_title_weighs_more_than_the_description(site, images):
+    name = word()
+    in_title = site.add(f"{name} lamp", f"{images.base}/img/t.png", description="a lamp")
+    in_text = site.add("A lamp", f"{images.base}/img/d.png", description=f"{name} inside")
+    for product_id in (in_title, in_text):
+        site.stored(product_id)
+    assert wait_for(lambda: set(site.search_ids(name)) == {in_title, in_text}, timeout=60)
+    assert site.search_ids(name) == [in_title, in_text]
+
+
+def test_autocomplete_answers_are_cached_in_redis_compressed(site, inventory_hosts, var):
+    q = word()[:5]
+    first = site.get("/api/autocomplete", q=q).json()
+    assert first["cached"] is False
+    assert site.get("/api/autocomplete", q=q).json()["cached"] is True
+
+    cache = inventory_hosts("cache")[0]
+    address = render(cache, "ansible_host")
+    auth = shlex.quote(var("redis_default_password", "redis"))
+    db_number = var("app_redis_cache_db", ROLE)
+
+    def redis(*args: str) -> str:
+        words = " ".join(shlex.quote(a) for a in args)
+        return cache.check_output(
+            f"REDISCLI_AUTH={auth} redis-cli --no-auth-warning --user default -h {address} "
+            f"-n {db_number} {words}"
+        )
+
+    keys = redis("--scan", "--pattern", "catalogue:*:autocomplete:*").split()
+    assert keys
+    ttl = max(int(redis("TTL", key)) for key in keys)
+    assert 0 < ttl <= int(var("app_autocomplete_ttl", ROLE))
+    raw = cache.check_output(
+        f"REDISCLI_AUTH={auth} redis-cli --no-auth-warning --user default -h {address} "
+        f"-n {db_number} --raw GET {shlex.quote(keys[0])} | head -c 1 | od -An -tx1"
+    )
+    assert raw.strip() == "78"  # a zlib stream
+
+
+def test_stats_aggregate_products_terms_and_image_outcomes(site, images):
+    name = word()
+    product_id = site.add(f"Stats {name}", f"{images.base}/img/{name}.png")
+    assert wait_for(lambda: site.stored(product_id)["image"]["outcome"] == "ok", timeout=60)
+    assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
+    stats = site.get("/api/stats").json()
+    today = datetime.now(timezone.utc).date().isoformat()
+    per_day = {bucket["day"]: bucket["count"] for bucket in stats["products_per_day"]}
+    assert per_day.get(today, 0) >= 1
+    assert stats["top_title_terms"]
+    assert stats["image_fetch_outcomes"].get("ok", 0) >= 1
+
+
+# --- where the data lands ----------------------------------------------------------------------
+
+
+def test_events_are_rows_in_monthly_partitions(site, db, images):
+    name = word()
+    product_id = site.add(f"Events {name}", f"{images.base}/img/{name}.png")
+    site.stored(product_id)  # a view
+    assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
+
+    def kinds() -> set[str]:
+        query = f"SELECT kind FROM catalogue_event WHERE product_id = '{product_id}'"
+        return {row[0] for row in db(query)}
+
+    assert wait_for(lambda: {"created", "indexed", "viewed"} <= kinds(), timeout=30)
+    month = datetime.now(timezone.utc).strftime("%Y%m")
+    tables = db(
+        "SELECT DISTINCT tableoid::regclass FROM catalogue_event "
+        f"WHERE product_id = '{product_id}'"
+    )
+    assert tables == [[f"catalogue_event_p{month}"]]
+    assert db("SELECT count(*) FROM ONLY catalogue_event") == [["0"]]
+
+
+def test_history_documents_are_kept_in_mongodb(site, manage, images):
+    name = word()
+    product_id = site.add(f"History {name}", f"{images.base}/img/{name}.png")
+    assert wait_for(lambda: site.stored(product_id)["image"]["outcome"] == "ok", timeout=60)
+    history = site.get(f"/api/products/{product_id}/history").json()["history"]
+    assert [doc["kind"] for doc in history] == ["submission", "image_fetch"]
+    assert history[0]["data"]["title"] == f"History {name}"
+    raw = manage(
+        "import json, pymongo; from django.conf import settings as s; "
+        "c = pymongo.MongoClient(s.MONGODB_HOST, s.MONGODB_PORT, username=s.MONGODB_USER, "
+        "password=s.MONGODB_PASSWORD, authSource=s.MONGODB_AUTH_SOURCE); "
+        f"print(json.dumps(sorted(d['_id'] for d in c[s.MONGODB_DB].history.find("
+        f"{{'product_id': '{product_id}'}}))))"
+    )
+    assert json.loads(raw) == [f"{product_id}:image_fetch:0", f"{product_id}:submission"]
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+
+def test_a_worker_killed_in_the_middle_of_an_insert_loses_no_product(site, db, inventory_hosts):
+    """The products table is locked so the insert task blocks inside PostgreSQL; the worker is
+    then killed outright. The message was not acknowledged, so the restarted worker does the
+    insert again: the product is there, once."""
+    db_host = inventory_hosts("db")[0]
+    worker = inventory_hosts("worker")[0]
+    lock = f"stackkit-test-lock-{uuid.uuid4().hex[:8]}"
+    db_host.check_output(
+        f"systemd-run --unit {lock} runuser -u postgres -- psql -d catalogue -c "
+        + shlex.quote("BEGIN; LOCK TABLE catalogue_product; SELECT pg_sleep(300);")
+    )
+    try:
+        assert wait_for(
+            lambda: db("SELECT count(*) FROM pg_locks WHERE relation = 'catalogue_product'::regclass AND granted AND mode = 'AccessExclusiveLock'")[0][0] == "1",
+            timeout=20,
+        )
+        name = word()
+        product_id = site.add(f"Killed {name}", "http://127.0.0.1/none.png")
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"catalogue_product\"%'"
+        assert wait_for(lambda: db(waiting)[0][0] != "0", timeout=30), "the insert never started"
+        before = worker.check_output("systemctl show -p MainPID --value catalogue-worker-default")
+        worker.check_output("systemctl kill --signal=SIGKILL catalogue-worker-default")
+    finally:
+        db_host.run(f"systemctl stop {lock}")
+    assert wait_for(
+        lambda: worker.check_output("systemctl show -p MainPID --value catalogue-worker-default")
+        not in ("0", before),
+        timeout=30,
+    )
+    site.stored(product_id, timeout=90)
+    assert db(f"SELECT count(*) FROM catalogue_product WHERE id = '{product_id}'") == [["1"]]
+
+
+def test_elasticsearch_stopped_and_started_again_loses_no_indexing(site, inventory_hosts):
+    nodes = inventory_hosts("search")
+    name = word()
+    with stopped(nodes, "elasticsearch"):
+        product_id = site.add(f"Outage {name}", "http://127.0.0.1/none.png")
+        site.stored(product_id)
+        ready = site.get("/readyz")
+        assert ready.status_code == 503
+        assert not ready.json()["checks"]["elasticsearch"]["ok"]
+        time.sleep(5)  # several indexing attempts fail meanwhile
+    assert wait_for(lambda: site.get("/readyz").status_code == 200, timeout=120, interval=2)
+    assert wait_for(lambda: product_id in site.search_ids(name), timeout=120, interval=2)
+
+
+# --- search index maintenance ------------------------------------------------------------------
+
+
+def test_reindex_swaps_the_alias_while_search_keeps_answering(site, host, var, images):
+    name = word()
+    product_id = site.add(f"Reindex {name}", f"{images.base}/img/{name}.png")
+    assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
+    alias = var("app_elasticsearch_alias", ROLE)
+    url = var("app_elasticsearch_url", ROLE)
+
+    def targets() -> list[str]:
+        return sorted(requests.get(f"{url}/_alias/{alias}", timeout=5).json())
+
+    before = targets()
+    answers: list[bool] = []
+    done = threading.Event()
+
+    def keep_searching() -> None:
+        while not done.is_set():
+            answers.append(product_id in site.search_ids(name))
+
+    searcher = threading.Thread(target=keep_searching)
+    searcher.start()
+    try:
+        out = host.check_output("catalogue-manage reindex")
+    finally:
+        done.set()
+        searcher.join()
+    after = targets()
+    assert len(after) == 1
+    assert after != before
+    assert after[0] in out
+    assert answers
+    assert all(answers), f"{answers.count(False)} of {len(answers)} searches missed the product"
+
+
+def test_reconcile_puts_back_a_document_missing_from_the_index(site, manage, var, images):
+    name = word()
+    product_id = site.add(f"Reconcile {name}", f"{images.base}/img/{name}.png")
+    assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
+    url, alias = var("app_elasticsearch_url", ROLE), var("app_elasticsearch_alias", ROLE)
+    requests.delete(f"{url}/{alias}/product/{product_id}?refresh=true", timeout=5).raise_for_status()
+    assert product_id not in site.search_ids(name)
+    manage("from catalogue.tasks import reconcile_index; print(reconcile_index.delay().get(timeout=60))")
+    assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+
+def test_the_page_lists_products_and_offers_the_form_and_autocomplete(site, images):
+    page = site.get("/")
+    assert page.status_code == 200
+    html = page.text
+    assert 'name="title"' in html
+    assert 'name="image_url"' in html
+    assert 'role="combobox"' in html
+    script = re.search(r'src="([^"]*autocomplete\.js)"', html).group(1)
+    assert site.get(script).status_code == 200
+
+
+def test_the_form_refuses_bad_input_and_accepts_good(site, images):
+    form = site.get("/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    headers = {"Referer": site.base + "/"}
+    bad = site.http.post(
+        site.base + "/",
+        data={"csrfmiddlewaretoken": token, "title": "", "image_url": "ftp://x"},
+        headers=headers,
+        timeout=10,
+    )
+    assert bad.status_code == 400
+    name = word()
+    good = site.http.post(
+        site.base + "/",
+        data={"csrfmiddlewaretoken": token, "title": f"Form {name}", "image_url": f"{images.base}/img/f.png"},
+        headers=headers,
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert good.status_code in (302, 303)
+    assert wait_for(lambda: f"Form {name}" in site.get("/").text, timeout=60)

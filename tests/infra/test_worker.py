@@ -1,0 +1,69 @@
+"""The worker hosts: one Celery unit per declared worker, consuming its queues as the app
+account, durable queues on the broker, and beat on exactly one host."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import main_pid, process_limits, render, wait_for
+
+testinfra_hosts = ["ansible://worker"]
+ROLE = "celery"
+
+
+@pytest.fixture
+def workers(v):
+    return v("celery_workers")
+
+
+def unit(worker: dict) -> str:
+    return f"catalogue-worker-{worker['name']}"
+
+
+def test_every_declared_worker_runs_as_the_app_account(host, v, workers):
+    for worker in workers:
+        service = host.service(unit(worker))
+        assert service.is_running, unit(worker)
+        assert service.is_enabled, unit(worker)
+        assert host.process.get(pid=main_pid(host, unit(worker))).user == v("celery_user")
+    assert v("celery_user") != "root"
+
+
+def test_workers_consume_their_queues(host, workers):
+    for worker in workers:
+        args = host.file(f"/proc/{main_pid(host, unit(worker))}/cmdline").content.split(b"\0")
+        queues = args[args.index(b"--queues") + 1].decode().split(",")
+        assert queues == worker["queues"]
+
+
+def test_open_files_limit_reaches_the_workers(host, v, workers):
+    for worker in workers:
+        limits = process_limits(host, main_pid(host, unit(worker)))
+        assert limits["Max open files"] == (str(v("celery_limit_nofile")),) * 2
+
+
+def test_broker_queues_are_durable_and_consumed(host, inventory_hosts, var, workers):
+    broker = inventory_hosts("broker")[0]
+    vhost = var("rabbitmq_vhost", "rabbitmq")
+    wanted = {queue for worker in workers for queue in worker["queues"]}
+
+    def queues() -> dict[str, tuple[str, int]]:
+        out = broker.check_output(
+            f"rabbitmqctl -q list_queues -p {vhost} name durable consumers --no-table-headers"
+        )
+        rows = (line.split() for line in out.splitlines() if line.strip())
+        return {name: (durable, int(consumers)) for name, durable, consumers in rows}
+
+    assert wait_for(lambda: wanted <= queues().keys(), timeout=30)
+    found = queues()
+    for queue in wanted:
+        durable, consumers = found[queue]
+        assert durable == "true", queue
+        assert consumers >= 1, queue
+
+
+def test_beat_runs_on_exactly_one_worker_host(host, inventory_hosts):
+    hosts = inventory_hosts("worker")
+    running = [h for h in hosts if h.service("catalogue-beat").is_running]
+    assert len(running) == 1
+    enabled_here = render(host, "celery_beat_enabled | bool")
+    assert host.service("catalogue-beat").is_running == enabled_here
