@@ -5,17 +5,17 @@ controller so a test can hold an image fetch open or make it fail."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
 import shlex
-import string
 import threading
 import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -132,7 +132,7 @@ class Images(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self) -> None:
-        super().__init__(("0.0.0.0", 0), ImageHandler)  # noqa: S104 (reached from the test hosts)
+        super().__init__(("0.0.0.0", 0), ImageHandler)  # reached from the test hosts
         self.hits: Counter[str] = Counter()
         self.arrived: dict[str, threading.Event] = {}
         self.released: dict[str, threading.Event] = {}
@@ -250,7 +250,8 @@ def test_bad_input_stores_and_enqueues_nothing(site, db, queue_depths, inventory
         assert db("SELECT count(*) FROM catalogue_product")[0][0] == rows
 
         product_id = site.add(f"Control {word()}", f"{images.base}/img/control.png")
-        assert wait_for(lambda: queue_depths()["default"] == before["default"] + 1, timeout=10)
+        expected = before.get("default", 0) + 1
+        assert wait_for(lambda: queue_depths().get("default") == expected, timeout=10)
     site.stored(product_id)
 
 
@@ -260,7 +261,8 @@ def test_post_is_accepted_before_the_slow_work_is_done(site, images):
     name = f"{word()}.png"
     arrived, released = images.events(name)
     started = time.monotonic()
-    response = site.post("/api/products/", {"title": f"Held {word()}", "image_url": f"{images.base}/hold/{name}"})
+    payload = {"title": f"Held {word()}", "image_url": f"{images.base}/hold/{name}"}
+    response = site.post("/api/products/", payload)
     latency = time.monotonic() - started
     assert response.status_code == 202
     body = response.json()
@@ -311,7 +313,9 @@ def test_a_redelivered_insert_creates_no_second_product(site, manage, db, images
 
 def test_a_batch_runs_in_two_rounds(site, images):
     tag = word()
-    products = [{"title": f"Batch {tag} {n}", "image_url": f"{images.base}/img/b{n}.png"} for n in range(4)]
+    products = [
+        {"title": f"Batch {tag} {n}", "image_url": f"{images.base}/img/b{n}.png"} for n in range(4)
+    ]
     response = site.post("/api/products/batch", {"products": products})
     assert response.status_code == 202
     body = response.json()
@@ -354,33 +358,27 @@ def test_the_title_weighs_more_than_the_description(site, images):
     assert site.search_ids(name) == [in_title, in_text]
 
 
-def test_autocomplete_answers_are_cached_in_redis_compressed(site, inventory_hosts, var):
-    q = word()[:5]
-    first = site.get("/api/autocomplete", q=q).json()
+def test_autocomplete_answers_are_cached_in_redis_compressed(site, inventory_hosts, var, images):
+    name = word()
+    product_id = site.add(f"Cached {name}", f"{images.base}/img/{name}.png")
+    assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
+    first = site.get("/api/autocomplete", q=name[:6]).json()
     assert first["cached"] is False
-    assert site.get("/api/autocomplete", q=q).json()["cached"] is True
+    assert [hit["id"] for hit in first["results"]] == [product_id]
+    assert site.get("/api/autocomplete", q=name[:6]).json()["cached"] is True
 
+    # django-redis names it <prefix>:<version>:<key>; the view's key hashes the query.
+    key = "catalogue:1:autocomplete:" + hashlib.sha256(name[:6].lower().encode()).hexdigest()
     cache = inventory_hosts("cache")[0]
-    address = render(cache, "ansible_host")
-    auth = shlex.quote(var("redis_default_password", "redis"))
-    db_number = var("app_redis_cache_db", ROLE)
-
-    def redis(*args: str) -> str:
-        words = " ".join(shlex.quote(a) for a in args)
-        return cache.check_output(
-            f"REDISCLI_AUTH={auth} redis-cli --no-auth-warning --user default -h {address} "
-            f"-n {db_number} {words}"
-        )
-
-    keys = redis("--scan", "--pattern", "catalogue:*:autocomplete:*").split()
-    assert keys
-    ttl = max(int(redis("TTL", key)) for key in keys)
-    assert 0 < ttl <= int(var("app_autocomplete_ttl", ROLE))
-    raw = cache.check_output(
-        f"REDISCLI_AUTH={auth} redis-cli --no-auth-warning --user default -h {address} "
-        f"-n {db_number} --raw GET {shlex.quote(keys[0])} | head -c 1 | od -An -tx1"
+    redis = (
+        f"REDISCLI_AUTH={shlex.quote(var('redis_default_password', 'redis'))} redis-cli "
+        f"--no-auth-warning --user default -h {render(cache, 'ansible_host')} "
+        f"-n {var('app_redis_cache_db', ROLE)}"
     )
-    assert raw.strip() == "78"  # a zlib stream
+    ttl = int(cache.check_output(f"{redis} TTL {key}"))
+    assert 0 < ttl <= int(var("app_autocomplete_ttl", ROLE))
+    first_byte = cache.check_output(f"{redis} --raw GET {key} | head -c 1 | od -An -tx1")
+    assert first_byte.strip() == "78"  # a zlib stream (msgpack inside)
 
 
 def test_stats_aggregate_products_terms_and_image_outcomes(site, images):
@@ -389,7 +387,7 @@ def test_stats_aggregate_products_terms_and_image_outcomes(site, images):
     assert wait_for(lambda: site.stored(product_id)["image"]["outcome"] == "ok", timeout=60)
     assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
     stats = site.get("/api/stats").json()
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     per_day = {bucket["day"]: bucket["count"] for bucket in stats["products_per_day"]}
     assert per_day.get(today, 0) >= 1
     assert stats["top_title_terms"]
@@ -410,10 +408,9 @@ def test_events_are_rows_in_monthly_partitions(site, db, images):
         return {row[0] for row in db(query)}
 
     assert wait_for(lambda: {"created", "indexed", "viewed"} <= kinds(), timeout=30)
-    month = datetime.now(timezone.utc).strftime("%Y%m")
+    month = datetime.now(UTC).strftime("%Y%m")
     tables = db(
-        "SELECT DISTINCT tableoid::regclass FROM catalogue_event "
-        f"WHERE product_id = '{product_id}'"
+        f"SELECT DISTINCT tableoid::regclass FROM catalogue_event WHERE product_id = '{product_id}'"
     )
     assert tables == [[f"catalogue_event_p{month}"]]
     assert db("SELECT count(*) FROM ONLY catalogue_event") == [["0"]]
@@ -439,6 +436,17 @@ def test_history_documents_are_kept_in_mongodb(site, manage, images):
 # --- failures ----------------------------------------------------------------------------------
 
 
+LOCK_HELD = (
+    "SELECT count(*) FROM pg_locks WHERE relation = 'catalogue_product'::regclass"
+    " AND granted AND mode = 'AccessExclusiveLock'"
+)
+# The insert task's first query on the locked table (get_or_create reads before it writes).
+TASK_WAITING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    " AND query LIKE '%catalogue_product%'"
+)
+
+
 def test_a_worker_killed_in_the_middle_of_an_insert_loses_no_product(site, db, inventory_hosts):
     """The products table is locked so the insert task blocks inside PostgreSQL; the worker is
     then killed outright. The message was not acknowledged, so the restarted worker does the
@@ -451,14 +459,10 @@ def test_a_worker_killed_in_the_middle_of_an_insert_loses_no_product(site, db, i
         + shlex.quote("BEGIN; LOCK TABLE catalogue_product; SELECT pg_sleep(300);")
     )
     try:
-        assert wait_for(
-            lambda: db("SELECT count(*) FROM pg_locks WHERE relation = 'catalogue_product'::regclass AND granted AND mode = 'AccessExclusiveLock'")[0][0] == "1",
-            timeout=20,
-        )
+        assert wait_for(lambda: db(LOCK_HELD)[0][0] == "1", timeout=20)
         name = word()
         product_id = site.add(f"Killed {name}", "http://127.0.0.1/none.png")
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"catalogue_product\"%'"
-        assert wait_for(lambda: db(waiting)[0][0] != "0", timeout=30), "the insert never started"
+        assert wait_for(lambda: db(TASK_WAITING)[0][0] != "0", 30), "no insert started"
         before = worker.check_output("systemctl show -p MainPID --value catalogue-worker-default")
         worker.check_output("systemctl kill --signal=SIGKILL catalogue-worker-default")
     finally:
@@ -527,9 +531,10 @@ def test_reconcile_puts_back_a_document_missing_from_the_index(site, manage, var
     product_id = site.add(f"Reconcile {name}", f"{images.base}/img/{name}.png")
     assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
     url, alias = var("app_elasticsearch_url", ROLE), var("app_elasticsearch_alias", ROLE)
-    requests.delete(f"{url}/{alias}/product/{product_id}?refresh=true", timeout=5).raise_for_status()
+    deleted = requests.delete(f"{url}/{alias}/product/{product_id}?refresh=true", timeout=5)
+    deleted.raise_for_status()
     assert product_id not in site.search_ids(name)
-    manage("from catalogue.tasks import reconcile_index; print(reconcile_index.delay().get(timeout=60))")
+    manage("from catalogue.tasks import reconcile_index as r; print(r.delay().get(timeout=60))")
     assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
 
 
@@ -561,7 +566,11 @@ def test_the_form_refuses_bad_input_and_accepts_good(site, images):
     name = word()
     good = site.http.post(
         site.base + "/",
-        data={"csrfmiddlewaretoken": token, "title": f"Form {name}", "image_url": f"{images.base}/img/f.png"},
+        data={
+            "csrfmiddlewaretoken": token,
+            "title": f"Form {name}",
+            "image_url": f"{images.base}/img/f.png",
+        },
         headers=headers,
         timeout=10,
         allow_redirects=False,

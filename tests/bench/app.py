@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Measure the catalogue as a user meets it: how fast a POST is accepted, and how long until the
+product is stored and then searchable.
+
+    python tests/bench/app.py [--url http://127.0.0.1:8080] [--posts 50] [--concurrency 8]
+                              [--searchable 10]
+
+Runs against a deployed stack (`make demo`). Prints, in milliseconds, the latency of sequential
+POSTs (median, 95th percentile, max), the throughput of concurrent POSTs, and for a few
+products the time from POST to stored (the insert task ran) and to searchable (the product's
+own made-up word finds it through /api/search). Every product it adds is a real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+
+def word() -> str:
+    return "".join(random.choice("bdfgklmnprstvz") + random.choice("aeiou") for _ in range(5))
+
+
+def post(session: requests.Session, url: str, title: str) -> tuple[str, float]:
+    started = time.perf_counter()
+    response = session.post(
+        f"{url}/api/products/",
+        json={"title": title, "image_url": "http://127.0.0.1/bench.png"},
+        timeout=10,
+    )
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    return response.json()["id"], elapsed
+
+
+def until(condition, timeout: float = 120.0, interval: float = 0.05) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if condition():
+            return time.perf_counter() - started
+        time.sleep(interval)
+    raise TimeoutError("condition not met")
+
+
+def summary(name: str, seconds: list[float]) -> str:
+    ms = sorted(s * 1000 for s in seconds)
+    p95 = ms[max(0, round(0.95 * len(ms)) - 1)]
+    return (
+        f"{name:<28} n={len(ms):<4} median {statistics.median(ms):7.1f} ms"
+        f"   p95 {p95:7.1f} ms   max {ms[-1]:7.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--posts", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--searchable", type=int, default=10)
+    args = parser.parse_args()
+    url = args.url.rstrip("/")
+    session = requests.Session()
+    session.get(f"{url}/readyz", timeout=10).raise_for_status()
+
+    latencies = [post(session, url, f"Bench {word()}")[1] for _ in range(args.posts)]
+    print(summary("POST accepted (sequential)", latencies))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        timed = list(
+            pool.map(
+                lambda _: post(requests.Session(), url, f"Bench {word()}")[1], range(args.posts)
+            )
+        )
+    wall = time.perf_counter() - started
+    print(summary(f"POST accepted ({args.concurrency} at once)", timed))
+    print(f"{'throughput':<28} {args.posts / wall:.1f} POSTs/s")
+
+    stored, searchable = [], []
+    for _ in range(args.searchable):
+        name = word()
+        product_id, accepted = post(session, url, f"Bench {name}")
+
+        # The history endpoint reads without side effects (a product GET counts a view); the
+        # submission document is written right after the row is committed.
+        def is_stored(product_id: str = product_id) -> bool:
+            answer = session.get(f"{url}/api/products/{product_id}/history", timeout=10)
+            return answer.ok and bool(answer.json()["history"])
+
+        def is_found(name: str = name, product_id: str = product_id) -> bool:
+            answer = session.get(f"{url}/api/search", params={"q": name}, timeout=10)
+            return answer.ok and product_id in [hit["id"] for hit in answer.json()["results"]]
+
+        stored.append(accepted + until(is_stored))
+        searchable.append(accepted + until(is_found))
+    print(summary("POST to stored", stored))
+    print(summary("POST to searchable", searchable))
+
+
+if __name__ == "__main__":
+    main()
