@@ -47,9 +47,10 @@ hosts-down: ## remove local hosts: TOPOLOGY=single|multi
 	$(HOSTS) down --topology $(TOPOLOGY)
 
 .PHONY: demo
-demo: hosts-up ## bring the whole stack up on local hosts and say where to open it
+demo: hosts-up artifacts ## bring the whole stack up on local hosts and say where to open it
 	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/site.yml
-	@echo "The stack is up on local hosts ($(TOPOLOGY)): ansible all -i $(INVENTORY) -m ping"
+	@echo "The catalogue is up on local hosts ($(TOPOLOGY)): open http://127.0.0.1:8080/"
+	@echo "Hosts: ansible all -i $(INVENTORY) -m ping; measure it: make bench-app"
 
 .PHONY: verify
 verify: bootstrap ## run the testinfra suites against INVENTORY
@@ -59,6 +60,10 @@ verify: bootstrap ## run the testinfra suites against INVENTORY
 .PHONY: bench
 bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strategy
 	$(ACTIVATE) python tests/bench/converge.py --inventory $(INVENTORY)
+
+.PHONY: bench-app
+bench-app: bootstrap ## POST latency and time to searchable of the catalogue `make demo` runs
+	$(ACTIVATE) python tests/bench/app.py --url http://127.0.0.1:8080
 
 .PHONY: lint
 lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs

@@ -1,6 +1,7 @@
 """One-shot deploy of the catalogue with Fabric: what the app role of playbooks/deploy.yml does.
 
     fab -H deploy@10.0.0.5 deploy      # build app/, ship it, migrate, switch, restart
+    fab -H deploy@10.0.0.5 deploy --source ../branch/app   # another checkout of the project
     fab -H deploy@10.0.0.5 rollback    # back to the previous release
     fab -H deploy@10.0.0.5 status      # live and previous release, state of the units
 
@@ -21,7 +22,7 @@ import hashlib
 import importlib.util
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from shlex import quote
@@ -347,10 +348,12 @@ def prune(c, target: Target, keep: list[str], wheelhouse: str) -> None:
 
 
 # -- tasks ---------------------------------------------------------------------------------------
-@task
-def deploy(c, inventory=None):
+@task(help={"source": "another checkout of the Django project to deploy instead of app/"})
+def deploy(c, inventory=None, source=None):
     """Build app/, ship what the host lacks, migrate, switch to it and restart the app."""
     target = load_target(c.host, inventory)
+    if source:
+        target = replace(target, source_dir=Path(source).resolve())
     check_provisioned(c)
     build = build_release(target, *host_platform(c, target))
     release = f"{target.root}/releases/{build.release_id}"

@@ -12,13 +12,15 @@
 //
 // Authentication is SCRAM-SHA-256 (the MongoDB default), with the localhost exception for the
 // first user. Commands: hello/isMaster, ping, buildInfo, saslStart/saslContinue, createUser,
-// updateUser, dropUser, usersInfo, listDatabases, insert, find (top-level equality filter),
-// delete, drop, endSessions, killCursors. It is a test double for the role's plumbing
+// updateUser, dropUser, usersInfo, listDatabases, insert, find (top-level equality filter,
+// exclusion projection, sort, limit), update (replacement, upsert), createIndexes (accepted,
+// not kept), delete, drop, endSessions, killCursors. It is a test double for the role's plumbing
 // (user, directories, unit, limits, configuration), not a database.
 package main
 
 import (
 	"bufio"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -32,6 +34,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -472,17 +475,63 @@ func (cn *conn) handle(cmd bson.D) bson.D {
 		filter, _ := f.(bson.D)
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		var batch bson.A
+		var found []bson.D
 		for _, j := range *s.coll(db, collName) {
 			var d bson.D
 			if err := bson.UnmarshalExtJSON(j, true, &d); err != nil {
 				return fail(2, "BadValue", err.Error())
 			}
 			if matches(d, filter) {
-				batch = append(batch, d)
+				found = append(found, d)
 			}
 		}
+		if sortSpec, ok := get(cmd, "sort"); ok {
+			sortDocs(found, sortSpec.(bson.D))
+		}
+		if limit := getInt(cmd, "limit"); limit > 0 && len(found) > limit {
+			found = found[:limit]
+		}
+		projection, _ := get(cmd, "projection")
+		batch := bson.A{}
+		for _, d := range found {
+			batch = append(batch, project(d, projection))
+		}
 		return ok(bson.E{Key: "cursor", Value: bson.D{{Key: "firstBatch", Value: batch}, {Key: "id", Value: int64(0)}, {Key: "ns", Value: db + "." + collName}}})
+	case "update":
+		if !cn.may("write", db) {
+			return cn.denied(name, db)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		coll := s.coll(db, getString(cmd, "update"))
+		updates, _ := get(cmd, "updates")
+		matched, modified := 0, 0
+		var upserted bson.A
+		for i, spec := range updates.(bson.A) {
+			q, _ := get(spec.(bson.D), "q")
+			u, _ := get(spec.(bson.D), "u")
+			upsert, _ := get(spec.(bson.D), "upsert")
+			n, id, err := replaceOne(coll, q.(bson.D), u.(bson.D), upsert == true)
+			if err != nil {
+				return fail(9, "FailedToParse", err.Error())
+			}
+			if id != nil {
+				upserted = append(upserted, bson.D{{Key: "index", Value: int32(i)}, {Key: "_id", Value: id}})
+			}
+			matched += n
+			modified += n
+		}
+		fields := []bson.E{{Key: "n", Value: int32(matched + len(upserted))}, {Key: "nModified", Value: int32(modified)}}
+		if len(upserted) > 0 {
+			fields = append(fields, bson.E{Key: "upserted", Value: upserted})
+		}
+		return cn.saved(ok(fields...))
+	case "createIndexes":
+		// Accepted and remembered by nobody: a stand-in scans every document anyway.
+		if !cn.may("write", db) {
+			return cn.denied(name, db)
+		}
+		return ok(bson.E{Key: "numIndexesBefore", Value: int32(1)}, bson.E{Key: "numIndexesAfter", Value: int32(2)}, bson.E{Key: "createdCollectionAutomatically", Value: false})
 	case "delete":
 		if !cn.may("write", db) {
 			return cn.denied(name, db)
@@ -675,9 +724,11 @@ func (cn *conn) userCmd(name, db string, cmd bson.D) bson.D {
 		if err != nil {
 			return fail(2, "BadValue", err.Error())
 		}
-		salt := make([]byte, 28)
-		_, _ = rand.Read(salt)
-		creds := client.GetStoredCredentials(scram.KeyFactors{Salt: string(salt), Iters: iterCount})
+		// The salt is kept as text: raw bytes would not survive the JSON data file.
+		random := make([]byte, 21)
+		_, _ = rand.Read(random)
+		salt := base64.StdEncoding.EncodeToString(random)
+		creds := client.GetStoredCredentials(scram.KeyFactors{Salt: salt, Iters: iterCount})
 		u.Salt, u.StoredKey, u.ServerKey = creds.Salt, creds.StoredKey, creds.ServerKey
 	} else if name == "createUser" {
 		return fail(2, "BadValue", "Must provide a 'pwd' field for all user documents")
@@ -741,4 +792,124 @@ func matches(d, filter bson.D) bool {
 		}
 	}
 	return true
+}
+
+func getInt(d bson.D, key string) int {
+	switch v, _ := get(d, key); n := v.(type) {
+	case int32:
+		return int(n)
+	case int64:
+		return int(n)
+	case float64:
+		return int(n)
+	}
+	return 0
+}
+
+// replaceOne replaces the first document matching q by u (a replacement, not operators),
+// keeping its _id; with upsert and no match it inserts u with the _id q names.
+func replaceOne(coll *[]json.RawMessage, q, u bson.D, upsert bool) (int, any, error) {
+	for _, e := range u {
+		if strings.HasPrefix(e.Key, "$") {
+			return 0, nil, fmt.Errorf("update operators are not supported: %s", e.Key)
+		}
+	}
+	for i, j := range *coll {
+		var d bson.D
+		_ = bson.UnmarshalExtJSON(j, true, &d)
+		if matches(d, q) {
+			id, _ := get(d, "_id")
+			out, err := bson.MarshalExtJSON(withID(u, id), true, false)
+			if err != nil {
+				return 0, nil, err
+			}
+			(*coll)[i] = out
+			return 1, nil, nil
+		}
+	}
+	if !upsert {
+		return 0, nil, nil
+	}
+	id, found := get(q, "_id")
+	if !found {
+		id, found = get(u, "_id")
+	}
+	if !found {
+		return 0, nil, errors.New("an upsert needs an _id in its filter or document")
+	}
+	out, err := bson.MarshalExtJSON(withID(u, id), true, false)
+	if err != nil {
+		return 0, nil, err
+	}
+	*coll = append(*coll, out)
+	return 0, id, nil
+}
+
+func withID(d bson.D, id any) bson.D {
+	out := bson.D{{Key: "_id", Value: id}}
+	for _, e := range d {
+		if e.Key != "_id" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// project applies an exclusion projection such as {_id: 0}.
+func project(d bson.D, projection any) bson.D {
+	spec, _ := projection.(bson.D)
+	if len(spec) == 0 {
+		return d
+	}
+	var out bson.D
+	for _, e := range d {
+		if v, found := get(spec, e.Key); found && getInt(bson.D{{Key: "v", Value: v}}, "v") == 0 && v != true {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// sortDocs orders documents by the keys of spec (1 ascending, -1 descending).
+func sortDocs(docs []bson.D, spec bson.D) {
+	sort.SliceStable(docs, func(i, j int) bool {
+		for _, key := range spec {
+			a, _ := get(docs[i], key.Key)
+			b, _ := get(docs[j], key.Key)
+			c := compare(a, b)
+			if c == 0 {
+				continue
+			}
+			if getInt(bson.D{key}, key.Key) < 0 {
+				return c > 0
+			}
+			return c < 0
+		}
+		return false
+	})
+}
+
+func compare(a, b any) int {
+	switch x := a.(type) {
+	case bson.DateTime:
+		return compareTo(x, b)
+	case string:
+		return compareTo(x, b)
+	case int32:
+		return compareTo(x, b)
+	case int64:
+		return compareTo(x, b)
+	case float64:
+		return compareTo(x, b)
+	}
+	return 0
+}
+
+// compareTo orders a before b when b has a's type; values of other types are equal to it.
+func compareTo[T cmp.Ordered](a T, b any) int {
+	if y, ok := b.(T); ok {
+		return cmp.Compare(a, y)
+	}
+	return 0
 }

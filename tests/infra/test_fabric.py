@@ -1,0 +1,80 @@
+"""Fabric one-shot deploys on a web host that Ansible deployed: the same release is left alone,
+another checkout goes live and is served, and a rollback returns to Ansible's release."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, address_of, render
+
+testinfra_hosts = ["ansible://web"]
+ROLE = "app"
+STYLESHEET = "catalogue/catalogue.css"
+
+
+@pytest.fixture(scope="module")
+def fab(host, pytestconfig):
+    """Run `fab` from the controller as the inventory's SSH user, against this host."""
+    user = render(host, "ansible_user")
+    key = render(host, "ansible_ssh_private_key_file | default(ansible_private_key_file)")
+    inventory = str(Path(pytestconfig.option.ansible_inventory).resolve())
+
+    def run(*task: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "fabric", "-H", f"{user}@{address_of(host)}", "-i", key]
+        command += [*task, "--inventory", inventory]
+        return subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+        )
+
+    return run
+
+
+def live(host, v) -> str:
+    return host.file(f"{v('app_root')}/current").linked_to
+
+
+def stylesheet(host, var) -> bytes:
+    url = f"http://{address_of(host)}:{var('nginx_listen_port', 'nginx')}/static/{STYLESHEET}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def test_fabric_leaves_the_live_release_alone(host, v, fab):
+    before = live(host, v)
+    restarted = host.check_output("systemctl show -p ActiveEnterTimestamp catalogue.target")
+    result = fab("deploy")
+    assert result.returncode == 0, result.stderr
+    assert "already live" in result.stdout
+    assert live(host, v) == before
+    assert host.check_output("systemctl show -p ActiveEnterTimestamp catalogue.target") == restarted
+
+
+def test_fabric_deploys_another_checkout_and_rolls_back(host, v, var, fab, tmp_path):
+    ansible_release = live(host, v)
+    marker = f"/* deployed by fabric {uuid.uuid4().hex} */\n".encode()
+    checkout = tmp_path / "app"
+    shutil.copytree(
+        ROOT / "app", checkout, ignore=shutil.ignore_patterns(".venv", "__pycache__", "staticfiles")
+    )
+    css = checkout / "catalogue" / "static" / STYLESHEET
+    css.write_bytes(css.read_bytes() + marker)
+
+    deployed = fab("deploy", "--source", str(checkout))
+    assert deployed.returncode == 0, deployed.stderr
+    fabric_release = live(host, v)
+    assert fabric_release != ansible_release
+    assert host.file(f"{v('app_root')}/previous").linked_to == ansible_release
+    assert stylesheet(host, var).endswith(marker)
+    assert host.service("catalogue-web").is_running
+
+    rolled_back = fab("rollback")
+    assert rolled_back.returncode == 0, rolled_back.stderr
+    assert live(host, v) == ansible_release
+    assert host.file(f"{v('app_root')}/previous").linked_to == fabric_release
+    assert not stylesheet(host, var).endswith(marker)
