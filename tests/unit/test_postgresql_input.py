@@ -1,34 +1,14 @@
 """The postgresql role refuses bad input before it changes anything, naming the variable.
 
-The role runs against the controller in check mode, limited to its preflight (argument specs
-are validated before any task); a role that let the input through would stop at nothing else.
+The role's preflight runs on the controller (tests/unit/preflight.py); a role that let the
+input through would stop at nothing else.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import yaml
+from preflight import run_preflight
 
-ROOT = Path(__file__).resolve().parents[2]
-PLAYBOOK = """
-- hosts: localhost
-  connection: local
-  gather_facts: false
-  vars:
-    # Facts of a supported host, so that only the input under test can fail.
-    ansible_facts:
-      distribution: Debian
-      distribution_version: "13"
-      distribution_major_version: "13"
-      memtotal_mb: 2048
-  roles:
-    - postgresql
-"""
 GOOD_TABLE = {
     "database": "catalogue",
     "table": "events",
@@ -45,31 +25,8 @@ BASE = {
 }
 
 
-def run_role(tmp_path: Path, extra: dict) -> subprocess.CompletedProcess:
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    (tmp_path / "vars.yml").write_text(yaml.safe_dump({**BASE, **extra}))
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-    }
-    command = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        "--check",
-        "--tags",
-        "postgresql_preflight",
-        "-i",
-        "localhost,",
-        "-e",
-        f"@{tmp_path / 'vars.yml'}",
-        str(tmp_path / "play.yml"),
-    ]
-    return subprocess.run(
-        command, capture_output=True, text=True, env=env, cwd=tmp_path, check=False
-    )
+def run_role(tmp_path, extra: dict):
+    return run_preflight(tmp_path, "postgresql", {**BASE, **extra})
 
 
 def test_good_input_passes_preflight(tmp_path):
