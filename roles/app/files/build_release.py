@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -70,6 +71,7 @@ def write_if_changed(path: Path, data: bytes) -> None:
 
 
 def build_code(source: Path, out: Path) -> tuple[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
     data = deterministic_tar([(str(rel), source / rel) for rel in release_files(source)], True)
     release_id = hashlib.sha256(data).hexdigest()[:12]
     archive = out / f"catalogue-{release_id}.tar.gz"
@@ -94,6 +96,7 @@ def build_wheelhouse(requirements: Path, out: Path, python: str, arch: str) -> t
     subprocess.run(cmd, check=True)
     members = [(p.name, p) for p in sorted(wheels.iterdir()) if p.suffix == ".whl"]
     write_if_changed(archive, deterministic_tar(members, compress=False))
+    shutil.rmtree(wheels)
     return key, archive
 
 
