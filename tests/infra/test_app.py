@@ -462,43 +462,47 @@ def test_history_documents_are_kept_in_mongodb(site, manage, images):
 
 LOCK_HELD = (
     "SELECT count(*) FROM pg_locks WHERE relation = 'catalogue_product'::regclass"
-    " AND granted AND mode = 'AccessExclusiveLock'"
+    " AND granted AND mode = 'ShareRowExclusiveLock'"
 )
-# The insert task's first query on the locked table (get_or_create reads before it writes).
-TASK_WAITING = (
+# An insert waiting for the lock (Django sends parameters inline: the id is in the text).
+INSERT_WAITING = (
     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-    " AND query LIKE '%catalogue_product%'"
+    " AND query LIKE 'INSERT INTO \"catalogue_product\"%%' AND query LIKE '%%%s%%'"
 )
 
 
 def test_a_worker_killed_in_the_middle_of_an_insert_loses_no_product(site, db, inventory_hosts):
-    """The products table is locked so the insert task blocks inside PostgreSQL; the worker is
-    then killed outright. The message was not acknowledged, so the restarted worker does the
-    insert again: the product is there, once."""
+    """The products table is locked against writes, so the insert task blocks in PostgreSQL;
+    then the default workers are killed outright. The message was not acknowledged, so a
+    restarted worker does the insert again: the product is there, once."""
     db_host = inventory_hosts("db")[0]
-    worker = inventory_hosts("worker")[0]
+    workers = inventory_hosts("worker")
+    unit = "catalogue-worker-default"
+
+    def pids() -> list[str]:
+        return [w.check_output(f"systemctl show -p MainPID --value {unit}") for w in workers]
+
     # The lock is held by a session in the background, named so it can be ended below.
     lock = f"stackkit-test-lock-{uuid.uuid4().hex[:8]}"
     lock_session = f"application_name = '{lock}'"
     db_host.check_output(
         f"systemd-run --unit {lock} --setenv PGAPPNAME={lock} runuser -u postgres -- "
         "psql -d catalogue -c "
-        + shlex.quote("BEGIN; LOCK TABLE catalogue_product; SELECT pg_sleep(120);")
+        + shlex.quote(
+            "BEGIN; LOCK TABLE catalogue_product IN SHARE ROW EXCLUSIVE MODE; SELECT pg_sleep(120);"
+        )
     )
     try:
         assert wait_for(lambda: db(LOCK_HELD)[0][0] == "1", timeout=20)
-        name = word()
-        product_id = site.add(f"Killed {name}", "http://127.0.0.1/none.png")
-        assert wait_for(lambda: db(TASK_WAITING)[0][0] != "0", 30), "no insert started"
-        before = worker.check_output("systemctl show -p MainPID --value catalogue-worker-default")
-        worker.check_output("systemctl kill --signal=SIGKILL catalogue-worker-default")
+        product_id = site.add(f"Killed {word()}", "http://127.0.0.1/none.png")
+        waiting = INSERT_WAITING % uuid.UUID(product_id).hex  # how psycopg writes a uuid
+        assert wait_for(lambda: db(waiting)[0][0] == "1", 30), "the insert never started"
+        before = pids()
+        for worker in workers:
+            worker.check_output(f"systemctl kill --signal=SIGKILL {unit}")
     finally:
         db(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {lock_session}")
-    assert wait_for(
-        lambda: worker.check_output("systemctl show -p MainPID --value catalogue-worker-default")
-        not in ("0", before),
-        timeout=30,
-    )
+    assert wait_for(lambda: all(p not in ("0", b) for p, b in zip(pids(), before, strict=True)), 30)
     site.stored(product_id, timeout=90)
     assert db(f"SELECT count(*) FROM catalogue_product WHERE id = '{product_id}'") == [["1"]]
 
