@@ -362,7 +362,8 @@ def render_inventory(topology: str, addresses: dict[str, str]) -> str:
         "all:",
         "  vars:",
         f"    ansible_user: {DEPLOY_USER}",
-        '    ansible_ssh_private_key_file: "{{ inventory_dir }}/../../.cache/ssh/id_ed25519"',
+        # A plain path: testinfra's ansible backend does not template inventory values.
+        f"    ansible_ssh_private_key_file: {SSH_KEY}",
         "    ansible_host_key_checking: false",
         "    ansible_ssh_common_args: >-",
         "      -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",

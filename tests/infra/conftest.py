@@ -50,15 +50,20 @@ def render(host, expression: str):
     return json.loads(result["msg"])
 
 
+def var_of(host, name: str, role: str):
+    """The value of a role variable for `host`: the inventory's, else the role default. Ask the
+    host the role runs on: another tier's group_vars are not visible from this one."""
+    return render(host, name) if render(host, f"{name} is defined") else role_defaults(role)[name]
+
+
 @pytest.fixture(scope="module")
 def var(host) -> Callable[[str, str], object]:
-    """var(name, role): the inventory's value of a role variable, else the role default."""
+    """var(name, role): var_of() for the host under test, remembered per module."""
     cache: dict[str, object] = {}
 
     def lookup(name: str, role: str):
         if name not in cache:
-            defined = render(host, f"{name} is defined")
-            cache[name] = render(host, name) if defined else role_defaults(role)[name]
+            cache[name] = var_of(host, name, role)
         return cache[name]
 
     return lookup

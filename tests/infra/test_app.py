@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from conftest import address_of, render, wait_for
+from conftest import address_of, render, var_of, wait_for
 
 testinfra_hosts = ["ansible://web"]
 ROLE = "app"
@@ -89,9 +89,9 @@ def db(inventory_hosts, var):
 
 
 @pytest.fixture(scope="module")
-def queue_depths(inventory_hosts, var):
+def queue_depths(inventory_hosts):
     peer = inventory_hosts("broker")[0]
-    vhost = var("rabbitmq_vhost", "rabbitmq")
+    vhost = var_of(peer, "rabbitmq_vhost", "rabbitmq")
 
     def depths() -> dict[str, int]:
         out = peer.check_output(
@@ -395,7 +395,7 @@ def test_autocomplete_answers_are_cached_in_redis_compressed(site, inventory_hos
     key = "catalogue:1:autocomplete:" + hashlib.sha256(name[:6].lower().encode()).hexdigest()
     cache = inventory_hosts("cache")[0]
     redis = (
-        f"REDISCLI_AUTH={shlex.quote(var('redis_default_password', 'redis'))} redis-cli "
+        f"REDISCLI_AUTH={shlex.quote(var_of(cache, 'redis_default_password', 'redis'))} redis-cli "
         f"--no-auth-warning --user default -h {render(cache, 'ansible_host')} "
         f"-n {var('app_redis_cache_db', ROLE)}"
     )

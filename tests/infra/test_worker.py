@@ -4,7 +4,7 @@ account, durable queues on the broker, and beat on exactly one host."""
 from __future__ import annotations
 
 import pytest
-from conftest import main_pid, process_limits, wait_for
+from conftest import main_pid, process_limits, var_of, wait_for
 
 testinfra_hosts = ["ansible://worker"]
 ROLE = "celery"
@@ -41,9 +41,9 @@ def test_open_files_limit_reaches_the_workers(host, v, workers):
         assert limits["Max open files"] == (str(v("celery_limit_nofile")),) * 2
 
 
-def test_broker_queues_are_durable_and_consumed(host, inventory_hosts, var, workers):
+def test_broker_queues_are_durable_and_consumed(inventory_hosts, workers):
     broker = inventory_hosts("broker")[0]
-    vhost = var("rabbitmq_vhost", "rabbitmq")
+    vhost = var_of(broker, "rabbitmq_vhost", "rabbitmq")
     wanted = {queue for worker in workers for queue in worker["queues"]}
 
     def queues() -> dict[str, tuple[str, int]]:
