@@ -8,7 +8,7 @@ import json
 import shlex
 
 import pytest
-from conftest import address_of, wait_for
+from conftest import address_of, main_pid, wait_for
 
 testinfra_hosts = ["ansible://broker"]
 ROLE = "rabbitmq"
@@ -77,10 +77,6 @@ def ctl(host, *args: str):
     return json.loads(
         host.check_output("rabbitmqctl --quiet " + " ".join(args) + " --formatter json")
     )
-
-
-def beam_pid(host) -> int:
-    return int(host.check_output("systemctl show -p MainPID --value rabbitmq-server"))
 
 
 def test_broker_runs_as_rabbitmq(host):
@@ -173,6 +169,6 @@ def test_open_file_limit_reaches_the_broker(host, v):
     wanted = str(v("rabbitmq_limit_nofile"))
     dropin = host.file("/etc/systemd/system/rabbitmq-server.service.d/50-stackkit.conf")
     assert f"LimitNOFILE={wanted}" in dropin.content_string
-    limits = host.file(f"/proc/{beam_pid(host)}/limits").content_string
+    limits = host.file(f"/proc/{main_pid(host, 'rabbitmq-server')}/limits").content_string
     line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
     assert line.split()[3:5] == [wanted, wanted]

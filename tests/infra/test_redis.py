@@ -10,6 +10,7 @@ import pytest
 from conftest import (
     address_of,
     in_container,
+    main_pid,
     render,
     tcp_reachable_from,
     tcp_reachable_from_controller,
@@ -57,15 +58,11 @@ def ping_from(peer, address: str, port: int, user: str, password: str) -> str:
     return peer.run(f"timeout 5 bash -c {shlex.quote(script)}").stdout
 
 
-def main_pid(host) -> int:
-    return int(host.check_output("systemctl show -p MainPID --value redis-server"))
-
-
 def test_redis_server_is_running_as_redis(host):
     service = host.service("redis-server")
     assert service.is_running
     assert service.is_enabled
-    assert host.check_output(f"ps -o user= -p {main_pid(host)}") == "redis"
+    assert host.check_output(f"ps -o user= -p {main_pid(host, 'redis-server')}") == "redis"
 
 
 def test_redis_listens_on_private_address_and_loopback_only(host, v):
@@ -156,7 +153,7 @@ def test_open_file_limit_reaches_the_process(host, v):
     wanted = str(v("redis_limit_nofile"))
     dropin = host.file("/etc/systemd/system/redis-server.service.d/50-stackkit.conf")
     assert f"LimitNOFILE={wanted}" in dropin.content_string
-    limits = host.file(f"/proc/{main_pid(host)}/limits").content_string
+    limits = host.file(f"/proc/{main_pid(host, 'redis-server')}/limits").content_string
     line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
     assert line.split()[3:5] == [wanted, wanted]
 
