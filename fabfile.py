@@ -89,6 +89,8 @@ class Target:
     source_dir: Path
     build_dir: Path
     migrate: bool
+    owner_user: str
+    owner_password: str
     reindex: bool
     web_unit: str
     gunicorn_config: str
@@ -190,6 +192,8 @@ def load_target(host: str, inventory: str | None = None) -> Target:
         source_dir=Path(str(value("app_source_dir"))).resolve(),
         build_dir=Path(str(value("app_build_dir"))).resolve(),
         migrate=bool(value("app_migrate")),
+        owner_user=str(value("app_postgres_owner_user")),
+        owner_password=str(value("app_postgres_owner_password")),
         reindex=bool(value("app_reindex_on_deploy")),
         web_unit=str(value("gunicorn_service_name")),
         gunicorn_config=f"{value('gunicorn_config_dir')}/gunicorn.conf.py",
@@ -318,6 +322,19 @@ def manage(c, release: str, *command: str) -> None:
     c.sudo(f"env CATALOGUE_RELEASE={quote(release)} {MANAGE} {' '.join(command)}")
 
 
+def migrate(c, target: Target, release: str) -> None:
+    """Migrate as the schema's owner when the inventory names one: its password goes on
+    standard input, as the app role passes it, never into a file or a command line."""
+    if not target.owner_user:
+        manage(c, release, "migrate", "--noinput")
+        return
+    env = f"CATALOGUE_RELEASE={quote(release)} POSTGRES_OWNER_USER={quote(target.owner_user)}"
+    c.sudo(
+        f"env {env} {MANAGE} migrate --noinput",
+        in_stream=io.StringIO(target.owner_password + "\n"),
+    )
+
+
 def restart(c, target: Target) -> None:
     """Restart every process of the app, then wait until the target and gunicorn answer."""
     c.sudo(f"systemctl restart {TARGET}")
@@ -371,7 +388,7 @@ def deploy(c, inventory=None, source=None):
     previous = read_link(c, f"{target.root}/previous")
     if first_to_ship(release):
         if target.migrate:
-            manage(c, release, "migrate", "--noinput")
+            migrate(c, target, release)
         if target.reindex and live != release:
             manage(c, release, "reindex")
     if live != release:

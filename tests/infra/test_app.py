@@ -223,6 +223,28 @@ def misspell(text: str) -> str:
 # --- health ------------------------------------------------------------------------------------
 
 
+def test_the_app_runs_as_a_database_role_that_owns_nothing(host, manage, var):
+    """Serving traffic needs rows, not the schema: the app's processes connect as a role that
+    owns no table and is no superuser; the owner's password (migrations) is not on the host."""
+    out = manage(
+        "from django.db import connection\n"
+        "with connection.cursor() as c:\n"
+        '    c.execute("SELECT current_user, r.rolsuper, (SELECT count(*) FROM pg_class'
+        ' WHERE relowner = r.oid) FROM pg_roles r WHERE r.rolname = current_user")\n'
+        "    print(*c.fetchone())"
+    )
+    user, superuser, owned = out.split()
+    assert user == var("app_postgres_user", ROLE)
+    assert (superuser, owned) == ("False", "0")
+    owner = var("app_postgres_owner_user", ROLE)
+    if not owner:
+        pytest.skip("this inventory migrates as the app's own role")
+    assert user != owner
+    environment = host.file(f"{var('app_config_dir', ROLE)}/catalogue.env").content_string
+    assert var("app_postgres_owner_password", ROLE) not in environment
+    assert f"POSTGRES_USER='{user}'" in environment
+
+
 def test_liveness_and_readiness_check_every_dependency(site):
     assert site.get("/healthz").json() == {"status": "ok"}
     ready = site.get("/readyz")

@@ -130,6 +130,33 @@ def app_login(v):
     return database["name"], database["owner"], password
 
 
+@pytest.fixture
+def runtime_login(v):
+    """The first read-write role of the first database: the role the app runs as."""
+    databases = [d for d in v("postgresql_databases") if d.get("readwrite_users")]
+    if not databases:
+        pytest.skip("no database with a read-write role in this inventory")
+    database = databases[0]
+    user = database["readwrite_users"][0]
+    password = {u["name"]: u["password"] for u in v("postgresql_users")}[user]
+    return database["name"], user, password
+
+
+def as_role(host, v, login, sql: str):
+    """Run SQL on the db host over TCP as a role that logs in with its password."""
+    database, user, password = login
+    command = (
+        "PGPASSWORD={} psql -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {} -U {} -d {} -c {}".format(
+            shlex.quote(password),
+            v("postgresql_port"),
+            shlex.quote(user),
+            shlex.quote(database),
+            shlex.quote(sql),
+        )
+    )
+    return host.run(command)
+
+
 def test_app_host_logs_in_with_scram(host, v, inventory_hosts, app_login):
     database, user, password = app_login
     apps = [p for p in inventory_hosts("app") if address_of(p) in v("postgresql_app_sources")]
@@ -158,6 +185,142 @@ def test_non_app_address_is_refused_even_with_the_password(host, v, app_login):
     result = _login(host, address, v("postgresql_port"), user, database, password)
     assert result.rc != 0
     assert f'no pg_hba.conf entry for host "{address}"' in result.stderr
+
+
+def test_no_security_definer_function_of_a_superuser_and_none_for_public(host, v):
+    """What runs with another role's rights runs with the rights of a table owner, never of a
+    superuser; creating children and maintenance are not granted to PUBLIC."""
+    for database in {t["database"] for t in v("postgresql_partitioned_tables")}:
+        definers = psql(
+            host,
+            "SELECT p.oid::regprocedure || ' owned by ' || r.rolname FROM pg_proc p"
+            " JOIN pg_roles r ON r.oid = p.proowner"
+            " WHERE p.prosecdef AND r.rolsuper AND p.pronamespace <> 'pg_catalog'::regnamespace"
+            " AND p.pronamespace <> 'information_schema'::regnamespace",
+            database,
+        )
+        assert definers == "", f"superuser's SECURITY DEFINER functions in {database}: {definers}"
+        public = psql(
+            host,
+            "SELECT p.oid::regprocedure FROM pg_proc p, aclexplode(coalesce(p.proacl,"
+            " acldefault('f', p.proowner))) a WHERE p.pronamespace = 'partitions'::regnamespace"
+            " AND a.grantee = 0 AND p.proname <> 'child_name' ORDER BY 1",
+            database,
+        )
+        assert public == "", f"PUBLIC may execute in {database}: {public}"
+
+
+def test_runtime_role_changes_rows_but_no_schema(host, v, runtime_login, events):
+    """The role the app runs as writes rows (a new month's child included) and is refused
+    every change to the schema and every direct call into the partitioning."""
+    database, user, _ = runtime_login
+    if database != events["database"]:
+        pytest.skip("the partitioned table is not in the runtime role's database")
+    parent = f"{events.get('schema', 'public')}.{events['table']}"
+    suffix = "209807"
+    drop_children(host, events, [suffix])
+    inserted = as_role(host, v, runtime_login, insert_sql(events, "2098-07-04 00:00:00+00"))
+    assert inserted.rc == 0, inserted.stderr
+    assert f"{events['table']}_p{suffix}" in children(host, events)
+    owner = psql(
+        host,
+        f"SELECT tableowner FROM pg_tables WHERE tablename = '{events['table']}_p{suffix}'",
+        database,
+    )
+    assert owner == events["owner"]
+    refused = {
+        f"CREATE TABLE {user}_probe (id int)": "permission denied for schema",
+        f"CREATE INDEX {user}_probe ON {parent} ({events['column']})": "must be owner",
+        f"DROP TABLE {parent}": "must be owner",
+        f"ALTER TABLE {parent} ADD COLUMN probe int": "must be owner",
+        f"SELECT partitions.create_child('public', '{events['table']}', '2098-08-01')": (
+            "permission denied for function create_child"
+        ),
+        "SELECT partitions.maintain_all()": "permission denied for function maintain_all",
+    }
+    for sql, error in refused.items():
+        result = as_role(host, v, runtime_login, sql)
+        assert result.rc != 0, f"{user} may run: {sql}"
+        assert error in result.stderr, (sql, result.stderr)
+    superuser = psql(host, f"SELECT rolsuper FROM pg_roles WHERE rolname = '{user}'")
+    assert superuser == "f"
+
+
+# The owner's code (here a partial index whose predicate calls a function the owner wrote) is
+# copied onto every new child. It must run with the owner's rights however the child is made:
+# by a direct call, by the insert trigger and by the maintenance timer (as postgres). Against
+# a create_child that ran as postgres, the owner made itself superuser this way.
+ATTACK = """
+CREATE TABLE stackkit_attack_log (who name NOT NULL);
+CREATE FUNCTION stackkit_attack_payload() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    INSERT INTO public.stackkit_attack_log (who) VALUES (current_user);
+    BEGIN
+        EXECUTE format('ALTER ROLE %I SUPERUSER', session_user);
+    EXCEPTION WHEN insufficient_privilege THEN NULL;
+    END;
+    RETURN true;
+END $$;
+CREATE FUNCTION stackkit_attack_predicate(integer) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
+AS $$ BEGIN RETURN public.stackkit_attack_payload(); END $$;
+"""
+ATTACK_CLEANUP = """
+DROP FUNCTION IF EXISTS stackkit_attack_predicate(integer) CASCADE;
+DROP FUNCTION IF EXISTS stackkit_attack_payload();
+DROP TABLE IF EXISTS stackkit_attack_log;
+"""
+
+
+def test_owner_code_on_a_new_child_never_runs_as_a_superuser(host, v, app_login, events):
+    database, owner, _ = app_login
+    if database != events["database"] or owner != events["owner"]:
+        pytest.skip("the trigger-partitioned table is not the app owner's")
+    schema = events.get("schema", "public")
+    parent = f"{schema}.{events['table']}"
+    declarative = [t for t in declarative_tables(v) if t["owner"] == owner]
+    suffixes = ["209701", "209702", "209703"]
+    paths = {
+        "a direct call of the parent's function": (f"SELECT partitions.\"{parent}\"('2097-01-10')"),
+        "a direct call of create_child": (
+            f"SELECT partitions.create_child('{schema}', '{events['table']}', '2097-02-10')"
+        ),
+        "the insert trigger": insert_sql(events, "2097-03-10 00:00:00+00"),
+    }
+    drop_children(host, events, suffixes)
+    psql(host, ATTACK_CLEANUP, database)
+    try:
+        planted = as_role(host, v, app_login, ATTACK)
+        assert planted.rc == 0, planted.stderr
+        for table in [events, *declarative]:
+            target = f"{table.get('schema', 'public')}.{table['table']}"
+            index = as_role(
+                host,
+                v,
+                app_login,
+                f"CREATE INDEX stackkit_attack_{table['table']} ON {target} ({table['column']})"
+                " WHERE public.stackkit_attack_predicate(1)",
+            )
+            assert index.rc == 0, index.stderr
+        for path, sql in paths.items():
+            psql(host, "TRUNCATE stackkit_attack_log", database)
+            result = as_role(host, v, app_login, sql)
+            assert result.rc == 0, f"{path}: {result.stderr}"
+            ran_as = set(psql(host, "SELECT who FROM stackkit_attack_log", database).split())
+            assert ran_as == {owner}, f"through {path} the owner's code ran as {ran_as}"
+        for table in declarative:
+            # The timer runs as postgres and makes the children ahead: take the last one away.
+            newest = children(host, table)[-1]
+            psql(host, f"DROP TABLE {table.get('schema', 'public')}.{newest}", database)
+            psql(host, "TRUNCATE stackkit_attack_log", database)
+            host.check_output("systemctl start postgresql-partitions.service")
+            assert newest in children(host, table)
+            ran_as = set(psql(host, "SELECT who FROM stackkit_attack_log", database).split())
+            assert ran_as == {owner}, f"through the timer the owner's code ran as {ran_as}"
+        assert psql(host, f"SELECT rolsuper FROM pg_roles WHERE rolname = '{owner}'") == "f"
+    finally:
+        psql(host, f"ALTER ROLE {owner} NOSUPERUSER")
+        drop_children(host, events, suffixes)
+        psql(host, ATTACK_CLEANUP, database)
 
 
 def test_rows_for_three_months_land_in_three_children_and_none_in_the_parent(host, events):
@@ -210,10 +373,13 @@ def test_explain_of_one_month_scans_one_child(host, events):
     assert scanned == {f"{events['table']}_p209902"}, plan
 
 
-def test_eight_concurrent_connections_create_a_new_month_without_error(host, v, events, app_login):
+def test_eight_concurrent_connections_create_a_new_month_without_error(
+    host, v, events, runtime_login
+):
     """Eight sessions, all connected and released at the same instant, insert into a month that
-    has no child yet, as the app's role: every one succeeds and one child holds all the rows."""
-    database, user, password = app_login
+    has no child yet, as the role the app runs as: every one succeeds and one child holds all
+    the rows."""
+    database, user, password = runtime_login
     if database != events["database"]:
         pytest.skip("the partitioned table is not in the app's database")
     suffix = "209806"

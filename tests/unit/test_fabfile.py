@@ -34,6 +34,8 @@ TARGET = fabfile.Target(
     source_dir=ROOT / "app",
     build_dir=Path("/build"),
     migrate=True,
+    owner_user="catalogue",
+    owner_password="owner-secret",
     reindex=True,
     web_unit="catalogue-web",
     gunicorn_config="/etc/catalogue/gunicorn.conf.py",
@@ -56,8 +58,8 @@ def sudo(command: str) -> str:
     return f"sudo -S -p '[sudo] password: ' {command}"
 
 
-def run(command: str, out: str = "", exit: int = 0) -> Command:
-    return Command(command, out=out.encode(), exit=exit)
+def run(command: str, out: str = "", exit: int = 0, stdin: str | None = None) -> Command:
+    return Command(command, out=out.encode(), exit=exit, in_=stdin.encode() if stdin else None)
 
 
 @pytest.fixture
@@ -165,9 +167,10 @@ def test_first_deploy_ships_installs_migrates_switches_and_restarts(remote_with_
             run("readlink /srv/catalogue/previous", exit=1),
             run(
                 sudo(
-                    f"env CATALOGUE_RELEASE={RELEASE} /usr/local/bin/catalogue-manage"
-                    " migrate --noinput"
-                )
+                    f"env CATALOGUE_RELEASE={RELEASE} POSTGRES_OWNER_USER=catalogue"
+                    " /usr/local/bin/catalogue-manage migrate --noinput"
+                ),
+                stdin="owner-secret\n",
             ),
             run(sudo(f"env CATALOGUE_RELEASE={RELEASE} /usr/local/bin/catalogue-manage reindex")),
             run(sudo(f"ln -sfn {RELEASE} /srv/catalogue/current.tmp")),
@@ -217,9 +220,10 @@ def test_redeploying_the_live_release_uploads_and_restarts_nothing(
             run("readlink /srv/catalogue/previous", out=f"{OLD}\n"),
             run(
                 sudo(
-                    f"env CATALOGUE_RELEASE={RELEASE} /usr/local/bin/catalogue-manage"
-                    " migrate --noinput"
-                )
+                    f"env CATALOGUE_RELEASE={RELEASE} POSTGRES_OWNER_USER=catalogue"
+                    " /usr/local/bin/catalogue-manage migrate --noinput"
+                ),
+                stdin="owner-secret\n",
             ),
             run(
                 "find /srv/catalogue/releases -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\\n'",
