@@ -280,11 +280,11 @@ def test_owner_code_on_a_new_child_never_runs_as_a_superuser(host, v, app_login,
     declarative = [t for t in declarative_tables(v) if t["owner"] == owner]
     suffixes = ["209701", "209702", "209703"]
     paths = {
-        "a direct call of the parent's function": (f"SELECT partitions.\"{parent}\"('2097-01-10')"),
         "a direct call of create_child": (
-            f"SELECT partitions.create_child('{schema}', '{events['table']}', '2097-02-10')"
+            f"SELECT partitions.create_child('{schema}', '{events['table']}', '2097-01-10')"
         ),
-        "the insert trigger": insert_sql(events, "2097-03-10 00:00:00+00"),
+        "the insert trigger": insert_sql(events, "2097-02-10 00:00:00+00"),
+        "a direct call of the parent's function": f"SELECT partitions.\"{parent}\"('2097-03-10')",
     }
     drop_children(host, events, suffixes)
     psql(host, ATTACK_CLEANUP, database)
