@@ -65,6 +65,24 @@ bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strate
 bench-app: bootstrap ## POST latency and time to searchable of the catalogue `make demo` runs
 	$(ACTIVATE) python tests/bench/app.py --url http://127.0.0.1:8080
 
+# Destructive: they kill services and write products. The local hosts only, unless told.
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: bootstrap ## products through nginx while services fail; every accepted one must land
+	$(ACTIVATE) python tests/chaos/chaos.py --inventory $(INVENTORY) $(CHAOS_ARGS)
+
+URL      ?= http://127.0.0.1:8080
+DURATION ?= 5m
+USERS    ?= 20
+.PHONY: load
+load: $(VENV)/.load-installed ## a mixed load (Locust) for DURATION; fails on any non-2xx
+	$(ACTIVATE) locust -f tests/load/locustfile.py --headless --host $(URL) \
+	  --users $(USERS) --spawn-rate $(USERS) --run-time $(DURATION) --only-summary
+
+$(VENV)/.load-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[load]'
+	touch $@
+
 .PHONY: lint
 lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs
 	$(ACTIVATE) yamllint --strict .

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""The catalogue's promise under faults: a steady stream of products goes through nginx while,
+one after another, services are killed or restarted on the hosts of an inventory. Afterwards
+every product answered 202 must be stored in PostgreSQL once, indexed in Elasticsearch and
+have its MongoDB history, and no product refused (4xx, 503, no answer) may have been stored.
+
+Destructive: it kills and restarts services. Run it on disposable hosts only (`make chaos`).
+Prints the figures and exits 1 on any loss or duplicate.
+
+    python tests/chaos/chaos.py --inventory inventories/local --url http://127.0.0.1:8080
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+import testinfra
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_VAULT_PASSWORD = ROOT / "tests" / "hosts" / "local-vault-password"
+
+# name: (inventory pattern, command run as root on each host it matches). Restarts go through
+# systemd, kills use SIGKILL: no process gets to finish what it was doing.
+FAULTS: dict[str, tuple[str, str]] = {
+    "worker-kill": (
+        "worker",
+        "systemctl kill --signal=SIGKILL catalogue-worker-default.service",
+    ),
+    "broker-restart": ("broker[0]", "systemctl restart rabbitmq-server.service"),
+    "db-restart": ("db[0]", "systemctl restart postgresql.service"),
+    "cache-restart": ("cache[0]", "systemctl restart redis-server.service"),
+    "search-outage": (
+        "search[0]",
+        "systemctl stop elasticsearch.service && sleep 5 && systemctl start elasticsearch.service",
+    ),
+    "docs-restart": ("docs[0]", "systemctl restart mongod.service"),
+    "web-worker-kill": (
+        "web[0]",
+        "pkill --signal KILL --newest --parent"
+        " $(systemctl show --property MainPID --value catalogue-web.service)",
+    ),
+}
+# What `make test` runs: the faults that lost products before the outbox.
+SHORT = ("broker-restart", "worker-kill", "db-restart")
+
+# Runs in the app's own environment on an app host (catalogue-manage shell): reads the
+# accepted ids and refused titles from standard input, prints one JSON line of findings.
+CHECK = """
+import json, sys
+from collections import Counter
+from catalogue.documents import get_store
+from catalogue.models import Product
+from catalogue.search.client import get_client
+from catalogue.search.indexer import alias_name
+want = json.loads(sys.stdin.read())
+ids, refused, prefix = want["ids"], set(want["refused"]), want["prefix"]
+rows = list(Product.objects.filter(title__startswith=prefix).values_list("id", "title"))
+titles = Counter(title for _, title in rows)
+stored = {str(pid) for pid, _ in rows}
+found = get_client().multi_get(alias_name(), ids, ["title"]) if ids else {}
+store = get_store()
+print(json.dumps({
+    "stored": sorted(set(ids) & stored),
+    "indexed": sorted(pid for pid, doc in found.items() if doc is not None),
+    "history": sorted(pid for pid in ids if pid in stored and store.history(pid)),
+    "duplicated": sorted(t for t, n in titles.items() if n > 1),
+    "refused_stored": sorted(t for t in titles if t in refused),
+}))
+"""
+
+
+class ImageHandler(BaseHTTPRequestHandler):
+    """Every product's image: a few bytes of PNG, at once."""
+
+    PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(self.PNG)))
+        self.end_headers()
+        self.wfile.write(self.PNG)
+
+
+@dataclass
+class Stream:
+    """Posts products until stopped; remembers what each answer was."""
+
+    url: str
+    images: str
+    prefix: str
+    accepted: dict[str, str] = field(default_factory=dict)  # title -> id
+    refused: Counter = field(default_factory=Counter)  # title -> status
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    count: int = 0
+
+    def next_title(self) -> str:
+        with self.lock:
+            self.count += 1
+            return f"{self.prefix} {self.count:06d}"
+
+    def run(self, interval: float) -> None:
+        session = requests.Session()
+        while not self.stop.is_set():
+            started = time.monotonic()
+            title = self.next_title()
+            payload = {"title": title, "image_url": f"{self.images}/{uuid.uuid4().hex}.png"}
+            try:
+                response = session.post(f"{self.url}/api/products/", json=payload, timeout=15)
+                status = str(response.status_code)
+                product_id = response.json().get("id") if status == "202" else None
+            except (requests.RequestException, ValueError) as error:
+                status, product_id = type(error).__name__, None
+            elapsed = time.monotonic() - started
+            with self.lock:
+                self.statuses[status] += 1
+                self.latencies.append(elapsed)
+                if product_id:
+                    self.accepted[title] = product_id
+                else:
+                    self.refused[title] = status
+            self.stop.wait(max(0.0, interval - elapsed))
+
+
+def host_of(pattern: str, inventory: str) -> list:
+    """testinfra hosts for an inventory pattern (group, group[0], or a host name)."""
+    group, _, index = pattern.partition("[")
+    listing = subprocess_json(["ansible-inventory", "-i", inventory, "--list"])
+    names = sorted(listing.get(group, {}).get("hosts", [])) or _children_hosts(listing, group)
+    if index:
+        names = names[int(index.rstrip("]")) : int(index.rstrip("]")) + 1]
+    return [
+        testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory, sudo=True)
+        for name in names
+    ]
+
+
+def _children_hosts(listing: dict, group: str) -> list[str]:
+    hosts: list[str] = []
+    for child in listing.get(group, {}).get("children", []):
+        hosts += listing.get(child, {}).get("hosts", []) or _children_hosts(listing, child)
+    return sorted(set(hosts))
+
+
+def subprocess_json(argv: list[str]) -> dict:
+    return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def check(app_host, stream: Stream) -> dict:
+    payload = json.dumps(
+        {
+            "ids": sorted(stream.accepted.values()),
+            "refused": sorted(stream.refused),
+            "prefix": stream.prefix,
+        }
+    )
+    command = (
+        f"printf %s {shlex.quote(payload)} | catalogue-manage shell --verbosity 0"
+        f" -c {shlex.quote(CHECK)}"
+    )
+    return json.loads(app_host.check_output(command).splitlines()[-1])
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inventory", default="inventories/local")
+    parser.add_argument("--url", help="the site; default: nginx on the first web host")
+    parser.add_argument(
+        "--disposable",
+        action="store_true",
+        help="the hosts may be harmed (implied for inventories/local)",
+    )
+    parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated, in order")
+    parser.add_argument("--short", action="store_true", help=f"only {', '.join(SHORT)}")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=20.0, help="products per second")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--gap", type=float, default=6.0, help="seconds of traffic between faults")
+    parser.add_argument("--settle", type=float, default=300.0, help="seconds to wait for the work")
+    args = parser.parse_args()
+    if not args.disposable and Path(args.inventory).resolve() != ROOT / "inventories" / "local":
+        parser.error(f"{args.inventory} is not the local hosts; add --disposable to harm it")
+    args.fault_list = list(SHORT) if args.short else args.faults.split(",")
+    unknown = [f for f in args.fault_list if f not in FAULTS]
+    if unknown:
+        parser.error(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
+    return args
+
+
+def inject(args: argparse.Namespace, stream: Stream) -> None:
+    """Stream products from several clients while the faults run one after another."""
+    interval = args.clients / args.rate
+    clients = [
+        threading.Thread(target=stream.run, args=(interval,), daemon=True)
+        for _ in range(args.clients)
+    ]
+    for client in clients:
+        client.start()
+    try:
+        for number in range(1, args.rounds + 1):
+            for fault in args.fault_list:
+                time.sleep(args.gap)
+                pattern, command = FAULTS[fault]
+                started = time.monotonic()
+                for host in host_of(pattern, args.inventory):
+                    host.check_output(command)
+                print(f"  round {number}: {fault} ({time.monotonic() - started:.1f} s)")
+        time.sleep(args.gap)
+    finally:
+        stream.stop.set()
+        for client in clients:
+            client.join()
+
+
+def settle(app_host, stream: Stream, seconds: float) -> tuple[dict, float]:
+    """Wait until every accepted product is stored, indexed and has its history, or time out."""
+    started = time.monotonic()
+    accepted = set(stream.accepted.values())
+    while True:
+        found = check(app_host, stream)
+        done = set(found["stored"]) & set(found["indexed"]) & set(found["history"])
+        if done >= accepted or time.monotonic() - started > seconds:
+            return found, time.monotonic() - started
+        time.sleep(5)
+
+
+def figures(stream: Stream, found: dict, settled: float) -> dict:
+    accepted = set(stream.accepted.values())
+    return {
+        "sent": stream.count,
+        "accepted": len(accepted),
+        "refused": dict(Counter(stream.refused.values())),
+        "statuses": dict(stream.statuses),
+        "stored": len(set(found["stored"])),
+        "indexed": len(set(found["indexed"])),
+        "with_history": len(set(found["history"])),
+        "lost": len(accepted - set(found["stored"])),
+        "not_indexed": len(accepted - set(found["indexed"])),
+        "no_history": len(accepted - set(found["history"])),
+        "duplicated": len(found["duplicated"]),
+        "refused_but_stored": len(found["refused_stored"]),
+        "post_p50_ms": round(percentile(stream.latencies, 0.50) * 1000, 1),
+        "post_p99_ms": round(percentile(stream.latencies, 0.99) * 1000, 1),
+        "settled_s": round(settled, 1),
+    }
+
+
+def main() -> int:
+    args = arguments()
+    app_host = host_of("web[0]", args.inventory)[0]
+    if not args.url:
+        port = app_host.ansible.get_variables().get("nginx_listen_port", 80)
+        args.url = f"http://{app_host.ansible.get_variables()['ansible_host']}:{port}"
+    worker = host_of("worker[0]", args.inventory)[0]
+    gateway = re.search(r"via (\S+)", worker.check_output("ip -4 route show default")).group(1)
+    images = ThreadingHTTPServer((gateway, 0), ImageHandler)
+    threading.Thread(target=images.serve_forever, daemon=True).start()
+    run = uuid.uuid4().hex[:8]
+    stream = Stream(
+        url=args.url.rstrip("/"),
+        images=f"http://{gateway}:{images.server_address[1]}/img",
+        prefix=f"chaos {run}",
+    )
+    print(f"chaos {run}: {args.rounds} round(s) of {', '.join(args.fault_list)} at {args.rate:g}/s")
+    inject(args, stream)
+    found, settled = settle(app_host, stream, args.settle)
+    images.shutdown()
+    result = figures(stream, found, settled)
+    print(json.dumps(result, indent=2))
+    bad = [
+        key
+        for key in ("lost", "not_indexed", "no_history", "duplicated", "refused_but_stored")
+        if result[key]
+    ]
+    if bad:
+        print(f"chaos {run}: FAILED ({', '.join(bad)})", file=sys.stderr)
+    if not result["accepted"]:
+        print(f"chaos {run}: FAILED (no product was accepted)", file=sys.stderr)
+    return 1 if bad or not result["accepted"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
