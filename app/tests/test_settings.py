@@ -64,3 +64,23 @@ def test_celery_reads_the_celery_namespace_from_django_settings():
     assert app.conf.task_routes["catalogue.tasks.fetch_image_metadata"]["queue"] == "slow"
     assert "catalogue.tasks.insert_product" in app.tasks
     assert hasattr(app.tasks["catalogue.tasks.index_product"], "delay_on_commit")
+
+
+def test_the_outbox_reads_its_deadlines_from_the_environment(monkeypatch):
+    env = ENV | {
+        "CATALOGUE_REDRIVE_AFTER": "45",
+        "CATALOGUE_REDRIVE_INTERVAL": "10",
+        "CATALOGUE_REDRIVE_BACKOFF_CAP": "600",
+        "CATALOGUE_SUBMISSION_RETENTION_DAYS": "3",
+        "CATALOGUE_RETRY_AFTER": "9",
+    }
+    prod = load_production(monkeypatch, env)
+    assert prod.CATALOGUE_REDRIVE_AFTER == 45
+    assert prod.CATALOGUE_REDRIVE_BACKOFF_CAP == 600
+    assert prod.CATALOGUE_SUBMISSION_RETENTION_DAYS == 3
+    assert prod.CATALOGUE_RETRY_AFTER == 9
+    redrive = prod.CELERY_BEAT_SCHEDULE["redrive-submissions"]
+    assert (redrive["task"], redrive["schedule"]) == ("catalogue.tasks.redrive_submissions", 10)
+    assert prod.CELERY_BEAT_SCHEDULE["prune-submissions"]["task"] == (
+        "catalogue.tasks.prune_submissions"
+    )

@@ -128,6 +128,8 @@ CELERY_TASK_ROUTES = {
     "catalogue.tasks.summarise_batch": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.index_product": {"queue": "indexing", "routing_key": "indexing"},
     "catalogue.tasks.reconcile_index": {"queue": "indexing", "routing_key": "indexing"},
+    "catalogue.tasks.redrive_submissions": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.prune_submissions": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.fetch_image_metadata": {"queue": "slow", "routing_key": "slow"},
 }
 CELERY_TASK_PUBLISH_RETRY = True
@@ -144,7 +146,17 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalogue.tasks.reconcile_index",
         "schedule": env_float("CATALOGUE_RECONCILE_INTERVAL", 300.0),
         "options": {"queue": "indexing"},
-    }
+    },
+    "redrive-submissions": {
+        "task": "catalogue.tasks.redrive_submissions",
+        "schedule": env_float("CATALOGUE_REDRIVE_INTERVAL", 30.0),
+        "options": {"queue": "default"},
+    },
+    "prune-submissions": {
+        "task": "catalogue.tasks.prune_submissions",
+        "schedule": 3600.0,
+        "options": {"queue": "default"},
+    },
 }
 
 # --- Elasticsearch 5.6 ------------------------------------------------------------------------
@@ -180,6 +192,20 @@ IMAGE_FETCH_BACKOFF_CAP = env_float("IMAGE_FETCH_BACKOFF_CAP", 60.0)
 # Refuse image URLs that resolve to private, loopback or link-local addresses (SSRF guard).
 IMAGE_FETCH_ALLOW_PRIVATE = env_bool("IMAGE_FETCH_ALLOW_PRIVATE", False)
 INDEXING_BACKOFF_CAP = env_int("INDEXING_BACKOFF_CAP", 300)
+# Fixed caps of the other retrying tasks (seconds).
+INSERT_BACKOFF_CAP = 120
+RECONCILE_BACKOFF_CAP = 300
+
+# --- The submission outbox (catalogue.models.Submission) ----------------------------------------
+# A submission not done this long after it was accepted is sent again; each further send waits
+# twice as long, up to the cap. The beat looks for overdue ones every CATALOGUE_REDRIVE_INTERVAL
+# seconds (CELERY_BEAT_SCHEDULE above).
+CATALOGUE_REDRIVE_AFTER = env_int("CATALOGUE_REDRIVE_AFTER", 120)
+CATALOGUE_REDRIVE_BACKOFF_CAP = env_int("CATALOGUE_REDRIVE_BACKOFF_CAP", 3600)
+CATALOGUE_REDRIVE_BATCH = 500  # submissions sent again per beat run at most
+CATALOGUE_SUBMISSION_RETENTION_DAYS = env_int("CATALOGUE_SUBMISSION_RETENTION_DAYS", 7)
+# Seconds a client is told to wait (Retry-After) when a submission cannot be recorded.
+CATALOGUE_RETRY_AFTER = env_int("CATALOGUE_RETRY_AFTER", 5)
 
 # --- Misc ----------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
