@@ -84,3 +84,15 @@ def test_the_outbox_reads_its_deadlines_from_the_environment(monkeypatch):
     assert prod.CELERY_BEAT_SCHEDULE["prune-submissions"]["task"] == (
         "catalogue.tasks.prune_submissions"
     )
+
+
+def test_a_task_held_longer_than_the_broker_consumer_timeout_is_refused(monkeypatch):
+    """acks_late holds a message until its task ends, and a retry's message through its
+    countdown: RabbitMQ would take it back from a worker holding it past consumer_timeout."""
+    prod = load_production(monkeypatch, ENV)
+    assert prod.CELERY_TASK_ACKS_LATE
+    assert prod.CELERY_TASK_TIME_LIMIT + prod.INDEXING_BACKOFF_CAP < prod.RABBITMQ_CONSUMER_TIMEOUT
+    with pytest.raises(ImproperlyConfigured, match="RABBITMQ_CONSUMER_TIMEOUT"):
+        load_production(monkeypatch, ENV | {"INDEXING_BACKOFF_CAP": "1800"})
+    with pytest.raises(ImproperlyConfigured, match="RABBITMQ_CONSUMER_TIMEOUT"):
+        load_production(monkeypatch, ENV | {"RABBITMQ_CONSUMER_TIMEOUT": "300"})
