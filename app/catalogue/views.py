@@ -12,7 +12,7 @@ from typing import Any
 from celery import chord
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, transaction
 from django.db.models import F
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -31,6 +31,8 @@ from .validation import ProductForm, validate_product
 
 log = logging.getLogger(__name__)
 QUERY_MAX_LENGTH = 100
+# What the database raises when it is down, restarting or drops the connection mid-request.
+DATABASE_FAILURE = (DatabaseError, InterfaceError)
 
 
 def _error(status: int, message: str, **extra: Any) -> JsonResponse:
@@ -50,7 +52,7 @@ def _new_submission(clean: dict[str, str]) -> dict[str, Any]:
 
 def _record(submissions: list[dict[str, Any]], batch_id: str | None = None) -> None:
     """The outbox: the submissions become rows in one transaction, and their messages are
-    published only once it has committed. Raises DatabaseError when they cannot be recorded;
+    published only once it has committed. Raises a DATABASE_FAILURE when they cannot be recorded;
     then nothing was stored and nothing is published."""
     with transaction.atomic():
         Submission.objects.bulk_create(Submission.accepted(s, batch_id) for s in submissions)
@@ -109,7 +111,7 @@ def index(request: HttpRequest) -> HttpResponse:
             submission = _new_submission(form.cleaned_data)
             try:
                 _record([submission])
-            except DatabaseError:
+            except DATABASE_FAILURE:
                 log.exception("could not record a submission")
                 form.add_error(None, "Products cannot be added right now; please try again soon.")
                 status = 503
@@ -153,7 +155,7 @@ def api_products(request: HttpRequest) -> JsonResponse:
     submission = _new_submission(clean)
     try:
         _record([submission])
-    except DatabaseError:
+    except DATABASE_FAILURE:
         log.exception("could not record a submission")
         return _cannot_accept(_error(503, "cannot accept products right now"))
     response = JsonResponse(_accepted(submission), status=202)
@@ -186,7 +188,7 @@ def api_batch(request: HttpRequest) -> JsonResponse:
     submissions = [_new_submission(clean) for clean in cleaned]
     try:
         _record(submissions, batch_id)
-    except DatabaseError:
+    except DATABASE_FAILURE:
         log.exception("could not record a batch")
         return _cannot_accept(_error(503, "cannot accept products right now"))
     return JsonResponse(

@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import OperationalError, connections
+from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
@@ -106,7 +106,7 @@ def test_a_publish_the_broker_refuses_is_still_accepted_and_left_to_the_redrive(
 
 def fail_to_connect(monkeypatch):
     def refuse():
-        raise OperationalError("connection to server failed: Connection refused")
+        raise InterfaceError("connection already closed")
 
     monkeypatch.setattr(connections["default"], "ensure_connection", refuse)
 
