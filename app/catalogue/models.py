@@ -1,11 +1,15 @@
-"""Products (PostgreSQL, the primary store) and the events table the postgresql role partitions."""
+"""Products (PostgreSQL, the primary store), the submission outbox, and the events table the
+postgresql role partitions."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 TITLE_MAX_LENGTH = 200
@@ -92,3 +96,122 @@ class Event(models.Model):
     @classmethod
     def record(cls, product_id: uuid.UUID | str, kind: str, **payload: object) -> Event:
         return cls.objects.create(product_id=product_id, kind=kind, payload=payload)
+
+
+class SubmissionQuerySet(models.QuerySet):
+    def due(self, now: datetime) -> SubmissionQuerySet:
+        """Not done and past their re-drive deadline, the longest overdue first."""
+        return self.filter(done_at__isnull=True, redrive_at__lte=now).order_by("redrive_at")
+
+    def batches_to_summarise(self, done_before: datetime) -> models.QuerySet:
+        """Ids of batches whose products are all done (the last before `done_before`) and whose
+        summary was never recorded: their chord lost a member, which was re-driven alone."""
+        return (
+            self.filter(batch_id__isnull=False, summarised_at__isnull=True)
+            .values("batch_id")
+            .annotate(pending=Count("pk", filter=Q(done_at__isnull=True)), last=Max("done_at"))
+            .filter(pending=0, last__lte=done_before)
+            .order_by()
+            .values_list("batch_id", flat=True)
+        )
+
+    def prunable(self, done_before: datetime) -> SubmissionQuerySet:
+        """Done before `done_before`; a batch's rows only once its summary is recorded."""
+        return self.filter(done_at__lt=done_before).exclude(
+            batch_id__isnull=False, summarised_at__isnull=True
+        )
+
+
+class Submission(models.Model):
+    """The outbox: one row per accepted product, written in the request's own transaction before
+    the API answers 202, so an accepted product survives a broker that drops the message.
+
+    The row keeps the insert_product message as it was first sent; the tasks record each step
+    (stored, history written, indexed) and the row is done once all three are. Until then the
+    beat task `redrive_submissions` sends the message again whenever `redrive_at` passes, with
+    the deadline doubling per send (CATALOGUE_REDRIVE_AFTER, capped at
+    CATALOGUE_REDRIVE_BACKOFF_CAP). Done rows are pruned after
+    CATALOGUE_SUBMISSION_RETENTION_DAYS.
+    """
+
+    STORED = "stored_at"
+    HISTORY = "history_at"
+    INDEXED = "indexed_at"
+    STEPS = (STORED, HISTORY, INDEXED)
+
+    # The product's id: the one the request chose and the message carries.
+    id = models.UUIDField(primary_key=True, editable=False)
+    batch_id = models.UUIDField(null=True, blank=True)
+    payload = models.JSONField()
+    accepted_at = models.DateTimeField(default=timezone.now)
+    sends = models.PositiveIntegerField(default=1)
+    redrive_at = models.DateTimeField()
+    stored_at = models.DateTimeField(null=True, blank=True)
+    history_at = models.DateTimeField(null=True, blank=True)
+    indexed_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    # Batch members only: when the batch's summary was recorded.
+    summarised_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SubmissionQuerySet.as_manager()
+
+    class Meta:
+        # Partial indexes: the beat's queries only ever look at the few rows not yet done.
+        indexes = (
+            models.Index(
+                fields=("redrive_at",),
+                condition=Q(done_at__isnull=True),
+                name="catalogue_submission_due",
+            ),
+            models.Index(
+                fields=("done_at",),
+                condition=Q(done_at__isnull=False),
+                name="catalogue_submission_done",
+            ),
+            models.Index(
+                fields=("batch_id",),
+                condition=Q(batch_id__isnull=False, summarised_at__isnull=True),
+                name="catalogue_submission_batch",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"submission {self.id}"
+
+    @staticmethod
+    def redrive_delay(sends: int) -> timedelta:
+        """How long after its `sends`-th send a submission that is not done is sent again."""
+        seconds = settings.CATALOGUE_REDRIVE_AFTER * 2 ** (sends - 1)
+        return timedelta(seconds=min(settings.CATALOGUE_REDRIVE_BACKOFF_CAP, seconds))
+
+    @classmethod
+    def accepted(cls, payload: dict[str, Any], batch_id: str | None = None) -> Submission:
+        now = timezone.now()
+        return cls(
+            id=payload["id"],
+            batch_id=batch_id,
+            payload=payload,
+            accepted_at=now,
+            redrive_at=now + cls.redrive_delay(1),
+        )
+
+    @classmethod
+    def sent_again(cls, pk: uuid.UUID | str, sends: int, now: datetime) -> None:
+        """Record a re-drive: one more send, and a deadline twice as far (up to the cap)."""
+        cls.objects.filter(pk=pk, done_at__isnull=True).update(
+            sends=F("sends") + 1, redrive_at=now + cls.redrive_delay(sends + 1)
+        )
+
+    @classmethod
+    def mark(cls, product_id: uuid.UUID | str, step: str) -> None:
+        """Record that `step` is done for this product, and the whole submission once every step
+        is. Repeating it changes nothing; a product without a submission row is left alone.
+
+        A step's own check for completion runs after the step is written, so whichever step is
+        written last sees the others and closes the submission. (`stored` is written inside the
+        insert's transaction, but nothing else can happen before that commits: the history and
+        the indexing need the product row.)"""
+        now = timezone.now()
+        if cls.objects.filter(pk=product_id, **{f"{step}__isnull": True}).update(**{step: now}):
+            finished = {f"{name}__isnull": False for name in cls.STEPS}
+            cls.objects.filter(pk=product_id, done_at__isnull=True, **finished).update(done_at=now)

@@ -1,28 +1,34 @@
-"""Celery tasks. Queues: `default` (insert, batch summary), `indexing` (Elasticsearch), `slow`
-(image metadata). Routing lives in settings.CELERY_TASK_ROUTES."""
+"""Celery tasks. Queues: `default` (insert, batch summary, the outbox's re-drive and pruning),
+`indexing` (Elasticsearch), `slow` (image metadata). Routing lives in settings.CELERY_TASK_ROUTES.
+
+Every task may run twice for one product (a redelivery, a retry, a re-drive by the outbox) and
+stores, indexes and records it once: the product id comes with the message and every write is
+keyed by it."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from pymongo.errors import PyMongoError
 
 from . import imagefetch
 from .backoff import backoff_delay
 from .documents import get_store
-from .models import Event, EventKind, ImageStatus, Product
+from .models import Event, EventKind, ImageStatus, Product, Submission
 from .search import indexer
 from .search.client import SearchUnavailable, get_client
 
 log = logging.getLogger(__name__)
 _aliases_ready: set[str] = set()
+# PostgreSQL restarting: retry soon rather than wait for the outbox's deadline.
+DATABASE_OUTAGE = (OperationalError, InterfaceError)
 
 
 def _ensure_alias(client: Any, alias: str) -> None:
@@ -34,15 +40,16 @@ def _ensure_alias(client: Any, alias: str) -> None:
 @shared_task(
     bind=True,
     name="catalogue.tasks.insert_product",
-    autoretry_for=(PyMongoError,),
+    autoretry_for=(PyMongoError, *DATABASE_OUTAGE),
     retry_backoff=2,
-    retry_backoff_max=120,
+    retry_backoff_max=settings.INSERT_BACKOFF_CAP,
     retry_jitter=True,
     max_retries=50,
 )
 def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """Store one accepted submission. The id came with the message: a redelivered or retried
-    message finds the row it wrote before (get_or_create), so nothing is ever stored twice."""
+    """Store one accepted submission. The id came with the message: a redelivered, retried or
+    re-driven message finds the row it wrote before (get_or_create), so nothing is ever stored
+    twice; the history document's id is derived from it too."""
     product_id = payload["id"]
     with transaction.atomic():
         product, created = Product.objects.get_or_create(
@@ -56,18 +63,22 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         )
         if created:
             Event.record(product.id, EventKind.CREATED)
+        Submission.mark(product.id, Submission.STORED)
         # Enqueued only once the row is committed, and again on a redelivery: indexing is
         # idempotent, and the first delivery may have died between commit and publish.
         index_product.delay_on_commit(str(product.id))
         if product.image_status == ImageStatus.PENDING:
             fetch_image_metadata.delay_on_commit(str(product.id))
     get_store().save_submission(str(product.id), payload)
+    Submission.mark(product.id, Submission.HISTORY)
     return {"id": str(product.id), "created": created, "title": product.title}
 
 
 @shared_task(name="catalogue.tasks.summarise_batch")
 def summarise_batch(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
-    """Second round of a batch chord: fed by every insert's result."""
+    """Second round of a batch chord: fed by every insert's result. Also sent by
+    redrive_submissions for a batch whose chord lost a member (the document is replaced, so
+    both may run)."""
     summary = {
         "batch_id": batch_id,
         "status": "done",
@@ -77,13 +88,16 @@ def summarise_batch(results: list[dict[str, Any]], batch_id: str) -> dict[str, A
         "ids": [r["id"] for r in results],
     }
     get_store().save_batch(batch_id, summary)
+    Submission.objects.filter(batch_id=batch_id, summarised_at__isnull=True).update(
+        summarised_at=timezone.now()
+    )
     return summary
 
 
 @shared_task(
     bind=True,
     name="catalogue.tasks.index_product",
-    autoretry_for=(SearchUnavailable,),
+    autoretry_for=(SearchUnavailable, *DATABASE_OUTAGE),
     retry_backoff=2,
     retry_backoff_max=settings.INDEXING_BACKOFF_CAP,
     retry_jitter=True,
@@ -99,6 +113,7 @@ def index_product(self: Any, product_id: str) -> dict[str, Any]:
         return {"id": product_id, "indexed": False}
     indexer.index_product(client, product)
     Event.record(product.id, EventKind.INDEXED, alias=alias)
+    Submission.mark(product.id, Submission.INDEXED)
     return {"id": product_id, "indexed": True}
 
 
@@ -107,7 +122,7 @@ def index_product(self: Any, product_id: str) -> dict[str, Any]:
     name="catalogue.tasks.reconcile_index",
     autoretry_for=(SearchUnavailable,),
     retry_backoff=5,
-    retry_backoff_max=300,
+    retry_backoff_max=settings.RECONCILE_BACKOFF_CAP,
     max_retries=5,
 )
 def reconcile_index(self: Any) -> dict[str, Any]:
@@ -121,6 +136,42 @@ def reconcile_index(self: Any) -> dict[str, Any]:
     if stale:
         log.info("reconcile: %d products re-enqueued for indexing", len(stale))
     return {"stale": len(stale)}
+
+
+@shared_task(name="catalogue.tasks.redrive_submissions")
+def redrive_submissions() -> dict[str, int]:
+    """Beat task of the outbox: send insert_product again for every submission that is not done
+    by its deadline (the broker may have dropped it, or a task given up), and the summary of
+    every batch that is done but has none.
+
+    Each row is marked as sent again only after its publish returned; a publish that fails
+    fails this run, and the next run picks up what is still overdue."""
+    now = timezone.now()
+    redriven = 0
+    for submission in Submission.objects.due(now)[: settings.CATALOGUE_REDRIVE_BATCH]:
+        insert_product.delay(submission.payload)
+        Submission.sent_again(submission.pk, submission.sends, now)
+        redriven += 1
+    done_before = now - timedelta(seconds=settings.CATALOGUE_REDRIVE_AFTER)
+    batches = list(
+        Submission.objects.batches_to_summarise(done_before)[: settings.CATALOGUE_REDRIVE_BATCH]
+    )
+    for batch_id in batches:
+        members = Submission.objects.filter(batch_id=batch_id, summarised_at__isnull=True)
+        ids = members.order_by("accepted_at", "pk").values_list("pk", flat=True)
+        # Product ids are new for every submission: each stored product was created by it.
+        summarise_batch.delay([{"id": str(pk), "created": True} for pk in ids], str(batch_id))
+    if redriven or batches:
+        log.warning("outbox: sent again %d submissions, %d batch summaries", redriven, len(batches))
+    return {"redriven": redriven, "batches": len(batches)}
+
+
+@shared_task(name="catalogue.tasks.prune_submissions")
+def prune_submissions() -> dict[str, int]:
+    """Beat task: delete the outbox rows done more than CATALOGUE_SUBMISSION_RETENTION_DAYS ago."""
+    cutoff = timezone.now() - timedelta(days=settings.CATALOGUE_SUBMISSION_RETENTION_DAYS)
+    deleted, _ = Submission.objects.prunable(cutoff).delete()
+    return {"deleted": deleted}
 
 
 @shared_task(

@@ -6,12 +6,13 @@ import hashlib
 import json
 import logging
 import uuid
+from functools import partial
 from typing import Any
 
 from celery import chord
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, transaction
 from django.db.models import F
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -19,11 +20,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from kombu.exceptions import KombuError
 
 from . import health, tasks
 from .documents import get_store
-from .models import Event, EventKind, Product
+from .models import Event, EventKind, Product, Submission
 from .search import queries
 from .search.client import SearchUnavailable, get_client
 from .search.indexer import alias_name
@@ -31,6 +31,8 @@ from .validation import ProductForm, validate_product
 
 log = logging.getLogger(__name__)
 QUERY_MAX_LENGTH = 100
+# What the database raises when it is down, restarting or drops the connection mid-request.
+DATABASE_FAILURE = (DatabaseError, InterfaceError)
 
 
 def _error(status: int, message: str, **extra: Any) -> JsonResponse:
@@ -46,6 +48,39 @@ def _new_submission(clean: dict[str, str]) -> dict[str, Any]:
         "image_url": clean["image_url"],
         "submitted_at": timezone.now().isoformat(),
     }
+
+
+def _record(submissions: list[dict[str, Any]], batch_id: str | None = None) -> None:
+    """The outbox: the submissions become rows in one transaction, and their messages are
+    published only once it has committed. Raises a DATABASE_FAILURE when they cannot be recorded;
+    then nothing was stored and nothing is published."""
+    with transaction.atomic():
+        Submission.objects.bulk_create(Submission.accepted(s, batch_id) for s in submissions)
+        transaction.on_commit(partial(_publish, submissions, batch_id))
+
+
+def _publish(submissions: list[dict[str, Any]], batch_id: str | None) -> None:
+    """Runs after the commit. A failed publish is what the outbox is for: the submissions are
+    recorded, so the request is still accepted and the re-drive sends them later."""
+    try:
+        if batch_id is None:
+            for submission in submissions:
+                tasks.insert_product.delay(submission)
+        else:
+            header = [tasks.insert_product.s(submission) for submission in submissions]
+            chord(header)(tasks.summarise_batch.s(batch_id))
+    except Exception:
+        log.warning(
+            "publishing %d recorded submissions failed; the outbox re-drives them",
+            len(submissions),
+            exc_info=True,
+        )
+
+
+def _cannot_accept(response: HttpResponse) -> HttpResponse:
+    response.status_code = 503
+    response["Retry-After"] = str(settings.CATALOGUE_RETRY_AFTER)
+    return response
 
 
 def _accepted(submission: dict[str, Any]) -> dict[str, str]:
@@ -69,16 +104,18 @@ def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
 def index(request: HttpRequest) -> HttpResponse:
     status = 200
     accepted = None
+    products: Any = Product.objects.all()[:50]
     if request.method == "POST":
         form = ProductForm(request.POST)
         if form.is_valid():
             submission = _new_submission(form.cleaned_data)
             try:
-                tasks.insert_product.delay(submission)
-            except KombuError:
-                log.exception("could not enqueue product")
-                form.add_error(None, "The queue is unavailable; please try again shortly.")
+                _record([submission])
+            except DATABASE_FAILURE:
+                log.exception("could not record a submission")
+                form.add_error(None, "Products cannot be added right now; please try again soon.")
                 status = 503
+                products = []  # the database is what failed
             else:
                 return redirect(f"{reverse('index')}?accepted={submission['id']}", permanent=False)
         else:
@@ -95,13 +132,14 @@ def index(request: HttpRequest) -> HttpResponse:
             search_error = "Search is unavailable right now."
     context = {
         "form": form,
-        "products": Product.objects.all()[:50],
+        "products": products,
         "accepted": accepted,
         "q": q,
         "search": search_answer,
         "search_error": search_error,
     }
-    return render(request, "catalogue/index.html", context, status=status)
+    response = render(request, "catalogue/index.html", context, status=status)
+    return _cannot_accept(response) if status == 503 else response
 
 
 # -- products API --------------------------------------------------------------------------------
@@ -116,10 +154,10 @@ def api_products(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"errors": errors}, status=400)
     submission = _new_submission(clean)
     try:
-        tasks.insert_product.delay(submission)
-    except KombuError:
-        log.exception("could not enqueue product")
-        return _error(503, "queue unavailable")
+        _record([submission])
+    except DATABASE_FAILURE:
+        log.exception("could not record a submission")
+        return _cannot_accept(_error(503, "cannot accept products right now"))
     response = JsonResponse(_accepted(submission), status=202)
     response["Location"] = reverse("product-status", args=[submission["id"]])
     return response
@@ -148,12 +186,11 @@ def api_batch(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"errors": {"products": errors}}, status=400)
     batch_id = str(uuid.uuid4())
     submissions = [_new_submission(clean) for clean in cleaned]
-    header = [tasks.insert_product.s(submission) for submission in submissions]
     try:
-        chord(header)(tasks.summarise_batch.s(batch_id))
-    except KombuError:
-        log.exception("could not enqueue batch")
-        return _error(503, "queue unavailable")
+        _record(submissions, batch_id)
+    except DATABASE_FAILURE:
+        log.exception("could not record a batch")
+        return _cannot_accept(_error(503, "cannot accept products right now"))
     return JsonResponse(
         {
             "batch_id": batch_id,

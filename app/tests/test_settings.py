@@ -64,3 +64,35 @@ def test_celery_reads_the_celery_namespace_from_django_settings():
     assert app.conf.task_routes["catalogue.tasks.fetch_image_metadata"]["queue"] == "slow"
     assert "catalogue.tasks.insert_product" in app.tasks
     assert hasattr(app.tasks["catalogue.tasks.index_product"], "delay_on_commit")
+
+
+def test_the_outbox_reads_its_deadlines_from_the_environment(monkeypatch):
+    env = ENV | {
+        "CATALOGUE_REDRIVE_AFTER": "45",
+        "CATALOGUE_REDRIVE_INTERVAL": "10",
+        "CATALOGUE_REDRIVE_BACKOFF_CAP": "600",
+        "CATALOGUE_SUBMISSION_RETENTION_DAYS": "3",
+        "CATALOGUE_RETRY_AFTER": "9",
+    }
+    prod = load_production(monkeypatch, env)
+    assert prod.CATALOGUE_REDRIVE_AFTER == 45
+    assert prod.CATALOGUE_REDRIVE_BACKOFF_CAP == 600
+    assert prod.CATALOGUE_SUBMISSION_RETENTION_DAYS == 3
+    assert prod.CATALOGUE_RETRY_AFTER == 9
+    redrive = prod.CELERY_BEAT_SCHEDULE["redrive-submissions"]
+    assert (redrive["task"], redrive["schedule"]) == ("catalogue.tasks.redrive_submissions", 10)
+    assert prod.CELERY_BEAT_SCHEDULE["prune-submissions"]["task"] == (
+        "catalogue.tasks.prune_submissions"
+    )
+
+
+def test_a_task_held_longer_than_the_broker_consumer_timeout_is_refused(monkeypatch):
+    """acks_late holds a message until its task ends, and a retry's message through its
+    countdown: RabbitMQ would take it back from a worker holding it past consumer_timeout."""
+    prod = load_production(monkeypatch, ENV)
+    assert prod.CELERY_TASK_ACKS_LATE
+    assert prod.CELERY_TASK_TIME_LIMIT + prod.INDEXING_BACKOFF_CAP < prod.RABBITMQ_CONSUMER_TIMEOUT
+    with pytest.raises(ImproperlyConfigured, match="RABBITMQ_CONSUMER_TIMEOUT"):
+        load_production(monkeypatch, ENV | {"INDEXING_BACKOFF_CAP": "1800"})
+    with pytest.raises(ImproperlyConfigured, match="RABBITMQ_CONSUMER_TIMEOUT"):
+        load_production(monkeypatch, ENV | {"RABBITMQ_CONSUMER_TIMEOUT": "300"})

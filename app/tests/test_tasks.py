@@ -52,12 +52,13 @@ def test_indexing_and_image_fetch_are_enqueued_only_after_commit(
 
 
 def test_summary_is_fed_by_the_first_round(store):
+    batch_id = str(uuid.uuid4())
     results = [{"id": "a", "created": True}, {"id": "b", "created": False}]
-    summary = tasks.summarise_batch.run(results, "batch-1")
+    summary = tasks.summarise_batch.run(results, batch_id)
     assert summary["products"] == 2
     assert summary["created"] == 1
     assert summary["already_present"] == 1
-    assert store.get_batch("batch-1")["ids"] == ["a", "b"]
+    assert store.get_batch(batch_id)["ids"] == ["a", "b"]
 
 
 def test_index_task_creates_alias_then_indexes_and_records_event(fake_es, store):
@@ -72,10 +73,10 @@ def test_index_task_creates_alias_then_indexes_and_records_event(fake_es, store)
     assert Event.objects.filter(product_id=payload["id"], kind="indexed").count() == 1
 
 
-def test_index_task_retries_without_limit_while_elasticsearch_is_down():
+def test_index_task_retries_without_limit_while_elasticsearch_or_postgresql_is_down():
     task = tasks.index_product
     assert task.max_retries is None
-    assert task.autoretry_for == (tasks.SearchUnavailable,)
+    assert task.autoretry_for == (tasks.SearchUnavailable, *tasks.DATABASE_OUTAGE)
     assert task.retry_backoff and task.retry_jitter
 
 

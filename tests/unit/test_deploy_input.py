@@ -34,6 +34,12 @@ def test_the_defaults_and_inventory_values_pass(tmp_path, role):
         ("app", {"app_elasticsearch_url": "es:9200"}, "app_elasticsearch_url", "http://"),
         ("app", {"app_source_dir": "/nonexistent"}, "app_source_dir", "manage.py"),
         ("app", {"app_log_level": "LOUD"}, "app_log_level", "LOUD"),
+        (
+            "app",
+            {"app_submission_redrive_after": 0},
+            "app_submission_redrive_after",
+            "at least 1",
+        ),
         ("gunicorn", {"gunicorn_port": 70000}, "gunicorn_port", "between 1 and 65535"),
         ("gunicorn", {"gunicorn_bind_address": "0.0.0.0"}, "gunicorn_bind_address", "wildcard"),
         ("gunicorn", {"gunicorn_workers": 0}, "gunicorn_workers", "at least 1"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 from .env import env, env_bool, env_float, env_int, env_list, url_with_credentials
@@ -128,10 +129,14 @@ CELERY_TASK_ROUTES = {
     "catalogue.tasks.summarise_batch": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.index_product": {"queue": "indexing", "routing_key": "indexing"},
     "catalogue.tasks.reconcile_index": {"queue": "indexing", "routing_key": "indexing"},
+    "catalogue.tasks.redrive_submissions": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.prune_submissions": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.fetch_image_metadata": {"queue": "slow", "routing_key": "slow"},
 }
 CELERY_TASK_PUBLISH_RETRY = True
-# Acknowledge after the work is done; a worker killed mid-task gives the message back.
+# Acknowledge after the work is done; a worker killed mid-task gives the message back. RabbitMQ
+# gives a message back too when its consumer holds it unacknowledged longer than the broker's
+# consumer_timeout (checked against the slowest task at the end of this file).
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message at a time per process (the slow worker relies on it; see README).
@@ -144,7 +149,17 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalogue.tasks.reconcile_index",
         "schedule": env_float("CATALOGUE_RECONCILE_INTERVAL", 300.0),
         "options": {"queue": "indexing"},
-    }
+    },
+    "redrive-submissions": {
+        "task": "catalogue.tasks.redrive_submissions",
+        "schedule": env_float("CATALOGUE_REDRIVE_INTERVAL", 30.0),
+        "options": {"queue": "default"},
+    },
+    "prune-submissions": {
+        "task": "catalogue.tasks.prune_submissions",
+        "schedule": 3600.0,
+        "options": {"queue": "default"},
+    },
 }
 
 # --- Elasticsearch 5.6 ------------------------------------------------------------------------
@@ -180,6 +195,37 @@ IMAGE_FETCH_BACKOFF_CAP = env_float("IMAGE_FETCH_BACKOFF_CAP", 60.0)
 # Refuse image URLs that resolve to private, loopback or link-local addresses (SSRF guard).
 IMAGE_FETCH_ALLOW_PRIVATE = env_bool("IMAGE_FETCH_ALLOW_PRIVATE", False)
 INDEXING_BACKOFF_CAP = env_int("INDEXING_BACKOFF_CAP", 300)
+# Fixed caps of the other retrying tasks (seconds).
+INSERT_BACKOFF_CAP = 120
+RECONCILE_BACKOFF_CAP = 300
+
+# --- The submission outbox (catalogue.models.Submission) ----------------------------------------
+# A submission not done this long after it was accepted is sent again; each further send waits
+# twice as long, up to the cap. The beat looks for overdue ones every CATALOGUE_REDRIVE_INTERVAL
+# seconds (CELERY_BEAT_SCHEDULE above).
+CATALOGUE_REDRIVE_AFTER = env_int("CATALOGUE_REDRIVE_AFTER", 120)
+CATALOGUE_REDRIVE_BACKOFF_CAP = env_int("CATALOGUE_REDRIVE_BACKOFF_CAP", 3600)
+CATALOGUE_REDRIVE_BATCH = 500  # submissions sent again per beat run at most
+CATALOGUE_SUBMISSION_RETENTION_DAYS = env_int("CATALOGUE_SUBMISSION_RETENTION_DAYS", 7)
+# Seconds a client is told to wait (Retry-After) when a submission cannot be recorded.
+CATALOGUE_RETRY_AFTER = env_int("CATALOGUE_RETRY_AFTER", 5)
+
+# --- How long a worker may hold a message --------------------------------------------------------
+# With acks_late a message stays unacknowledged from delivery until its task ends, and a retry's
+# message waits out its countdown in the worker, unacknowledged too. RabbitMQ closes the channel
+# of a consumer that holds a delivery longer than its consumer_timeout (30 min by default) and
+# delivers the message again: the longest hold must stay below it, or a slow retry is run twice
+# and its worker loses its channel.
+RABBITMQ_CONSUMER_TIMEOUT = env_int("RABBITMQ_CONSUMER_TIMEOUT", 1800)
+_longest_hold = CELERY_TASK_TIME_LIMIT + max(
+    INDEXING_BACKOFF_CAP, IMAGE_FETCH_BACKOFF_CAP, INSERT_BACKOFF_CAP, RECONCILE_BACKOFF_CAP
+)
+if _longest_hold >= RABBITMQ_CONSUMER_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"CELERY_TASK_TIME_LIMIT plus the longest retry countdown (INDEXING_BACKOFF_CAP,"
+        f" IMAGE_FETCH_BACKOFF_CAP, {RECONCILE_BACKOFF_CAP} s) is {_longest_hold:g} s: it must"
+        f" stay below RABBITMQ_CONSUMER_TIMEOUT ({RABBITMQ_CONSUMER_TIMEOUT} s)"
+    )
 
 # --- Misc ----------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
