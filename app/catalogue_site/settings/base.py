@@ -134,6 +134,14 @@ CELERY_TASK_ROUTES = {
     "catalogue.tasks.fetch_image_metadata": {"queue": "slow", "routing_key": "slow"},
 }
 CELERY_TASK_PUBLISH_RETRY = True
+# One quick retry, not Celery's default of three: a request publishes after its submission has
+# committed (the outbox), so a broker that is down costs a re-drive later, not a long wait now.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
+}
 # Acknowledge after the work is done; a worker killed mid-task gives the message back. RabbitMQ
 # gives a message back too when its consumer holds it unacknowledged longer than the broker's
 # consumer_timeout (checked against the slowest task at the end of this file).
