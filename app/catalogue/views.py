@@ -18,7 +18,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import (
+    require_GET,
+    require_http_methods,
+    require_POST,
+    require_safe,
+)
 from kombu.exceptions import KombuError
 
 from . import health, tasks
@@ -65,7 +70,7 @@ def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
 
 
 # -- the page ------------------------------------------------------------------------------------
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def index(request: HttpRequest) -> HttpResponse:
     status = 200
     accepted = None
@@ -164,7 +169,7 @@ def api_batch(request: HttpRequest) -> JsonResponse:
     )
 
 
-@require_GET
+@require_safe
 def api_batch_status(request: HttpRequest, batch_id: uuid.UUID) -> JsonResponse:
     summary = get_store().get_batch(str(batch_id))
     if summary is None:
@@ -172,6 +177,7 @@ def api_batch_status(request: HttpRequest, batch_id: uuid.UUID) -> JsonResponse:
     return JsonResponse(summary)
 
 
+# GET only: a read counts a view, and a HEAD (a crawler, a health check) must not.
 @require_GET
 def api_product(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
     """The product once stored (and a `viewed` event); 202 pending while the insert is queued."""
@@ -201,7 +207,7 @@ def api_product(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
     )
 
 
-@require_GET
+@require_safe
 def api_product_history(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
     documents = get_store().history(str(product_id))
     if not documents and not Product.objects.filter(id=product_id).exists():
@@ -218,7 +224,7 @@ def autocomplete_cache_key(q: str) -> str:
     return "autocomplete:" + hashlib.sha256(q.lower().encode()).hexdigest()
 
 
-@require_GET
+@require_safe
 def api_autocomplete(request: HttpRequest) -> JsonResponse:
     q = _query(request)
     if not q:
@@ -235,7 +241,7 @@ def api_autocomplete(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"query": q, "results": results, "cached": cached})
 
 
-@require_GET
+@require_safe
 def api_search(request: HttpRequest) -> JsonResponse:
     try:
         return JsonResponse(queries.search(get_client(), alias_name(), _query(request)))
@@ -243,7 +249,7 @@ def api_search(request: HttpRequest) -> JsonResponse:
         return _error(503, "search unavailable")
 
 
-@require_GET
+@require_safe
 def api_stats(request: HttpRequest) -> JsonResponse:
     try:
         return JsonResponse(queries.stats(get_client(), alias_name()))
@@ -252,12 +258,12 @@ def api_stats(request: HttpRequest) -> JsonResponse:
 
 
 # -- probes --------------------------------------------------------------------------------------
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     ok, results = health.run_checks(
         health.configured_checks(), settings.CATALOGUE_READINESS_TIMEOUT
