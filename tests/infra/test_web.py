@@ -177,6 +177,49 @@ def test_every_web_host_is_an_upstream(host, nginx_var):
         assert f"server {server} " in site.content_string
 
 
+def nginx_site(host, nginx_var) -> str:
+    return host.file(
+        f"/etc/nginx/sites-available/{nginx_var('nginx_site_name')}.conf"
+    ).content_string
+
+
+def upstream_blocks(site: str) -> dict[str, str]:
+    return dict(re.findall(r"^upstream (\S+) \{(.*?)^\}", site, re.MULTILINE | re.DOTALL))
+
+
+def directive(block: str, name: str) -> str | None:
+    found = re.search(rf"^\s*{name} ([^;]*);", block, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def test_nginx_closes_idle_upstream_connections_before_gunicorn_does(host, v, nginx_var):
+    """Else nginx may send a request down a connection that gunicorn is closing."""
+    config = host.file(f"{v('gunicorn_config_dir')}/gunicorn.conf.py").content_string
+    gunicorn_idle = int(re.search(r"^keepalive = (\d+)$", config, re.MULTILINE).group(1))
+    kept = [b for b in upstream_blocks(nginx_site(host, nginx_var)).values() if "keepalive " in b]
+    assert len(kept) == (1 if nginx_var("nginx_upstream_keepalive") else 0)
+    for block in kept:
+        assert 0 < int(directive(block, "keepalive_timeout").removesuffix("s")) < gunicorn_idle
+
+
+def test_nginx_retries_only_idempotent_requests_and_posts_on_new_connections(host, nginx_var):
+    """nginx never retries a POST it has sent, so a POST must not ride a kept connection that
+    gunicorn may close under it; GET and HEAD reuse kept connections and are retried."""
+    site = nginx_site(host, nginx_var)
+    upstreams = upstream_blocks(site)
+    method_map = re.search(r"^map \$request_method \S+ \{(.*?)^\}", site, re.MULTILINE | re.DOTALL)
+    routes = dict(re.findall(r"^\s*(\S+)\s+(\S+);$", method_map.group(1), re.MULTILINE))
+    for method in ("POST", "PATCH", "LOCK"):
+        assert directive(upstreams[routes[method]], "keepalive") is None, method
+    assert set(routes.values()) <= set(upstreams)
+    retried_on = directive(site, "proxy_next_upstream").split()
+    assert "error" in retried_on
+    assert "non_idempotent" not in retried_on
+    assert directive(site, "proxy_next_upstream_tries") == str(
+        nginx_var("nginx_proxy_next_upstream_tries")
+    )
+
+
 def test_gunicorn_sends_no_body_after_a_head(host, host_header, v):
     address, port = address_of(host), str(v("gunicorn_port"))
     probe = host.run("python3 -c %s %s %s %s", GUNICORN_HEAD_PROBE, address, port, host_header)
