@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
@@ -26,7 +25,7 @@ from django.views.decorators.http import (
 )
 from kombu.exceptions import KombuError
 
-from . import health, tasks
+from . import autocomplete_cache, health, tasks
 from .documents import get_store
 from .models import Event, EventKind, Product
 from .search import queries
@@ -220,16 +219,13 @@ def _query(request: HttpRequest) -> str:
     return request.GET.get("q", "").strip()[:QUERY_MAX_LENGTH]
 
 
-def autocomplete_cache_key(q: str) -> str:
-    return "autocomplete:" + hashlib.sha256(q.lower().encode()).hexdigest()
-
-
 @require_safe
 def api_autocomplete(request: HttpRequest) -> JsonResponse:
     q = _query(request)
     if not q:
         return JsonResponse({"query": q, "results": [], "cached": False})
-    key = autocomplete_cache_key(q)
+    generation = autocomplete_cache.generation()
+    key = autocomplete_cache.key(q, generation)
     results = cache.get(key)
     cached = results is not None
     if not cached:
@@ -237,7 +233,8 @@ def api_autocomplete(request: HttpRequest) -> JsonResponse:
             results = queries.autocomplete(get_client(), alias_name(), q)
         except SearchUnavailable:
             return _error(503, "search unavailable")
-        cache.set(key, results, settings.CATALOGUE_AUTOCOMPLETE_TTL)
+        if autocomplete_cache.settled(generation):
+            cache.set(key, results, settings.CATALOGUE_AUTOCOMPLETE_TTL)
     return JsonResponse({"query": q, "results": results, "cached": cached})
 
 
