@@ -62,7 +62,7 @@ bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strate
 	$(ACTIVATE) python tests/bench/converge.py --inventory $(INVENTORY)
 
 .PHONY: bench-app
-bench-app: bootstrap ## POST latency and time to searchable of the catalogue `make demo` runs
+bench-app: bootstrap ## POST latency, time to searchable and autocomplete cache of the `make demo` catalogue
 	$(ACTIVATE) python tests/bench/app.py --url http://127.0.0.1:8080
 
 # Destructive: they kill services and write products. The local hosts only, unless told.

@@ -18,7 +18,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from pymongo.errors import PyMongoError
 
-from . import imagefetch
+from . import autocomplete_cache, imagefetch
 from .backoff import backoff_delay
 from .documents import get_store
 from .models import Event, EventKind, ImageStatus, Product, Submission
@@ -110,11 +110,22 @@ def index_product(self: Any, product_id: str) -> dict[str, Any]:
     product = Product.objects.filter(id=product_id).first()
     if product is None:
         client.delete_document(alias, product_id)
+        autocomplete_cache.bump()
         return {"id": product_id, "indexed": False}
-    indexer.index_product(client, product)
+    created = indexer.index_product(client, product)
+    # A document new to the index changes what a prefix finds, so cached answers go; one
+    # rewritten in place (a view, an image result) changes only popularity, which may wait for
+    # the cache's TTL. A retry or redelivery may follow an attempt that created the document
+    # but never heard back, so it counts as new.
+    if created or not _first_delivery(self.request):
+        autocomplete_cache.bump()
     Event.record(product.id, EventKind.INDEXED, alias=alias)
     Submission.mark(product.id, Submission.INDEXED)
     return {"id": product_id, "indexed": True}
+
+
+def _first_delivery(request: Any) -> bool:
+    return not request.retries and not (request.delivery_info or {}).get("redelivered")
 
 
 @shared_task(

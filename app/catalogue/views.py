@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
@@ -19,9 +18,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import (
+    require_GET,
+    require_http_methods,
+    require_POST,
+    require_safe,
+)
 
-from . import health, tasks
+from . import autocomplete_cache, health, tasks
 from .documents import get_store
 from .models import Event, EventKind, Product, Submission
 from .search import queries
@@ -100,7 +104,7 @@ def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
 
 
 # -- the page ------------------------------------------------------------------------------------
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def index(request: HttpRequest) -> HttpResponse:
     status = 200
     accepted = None
@@ -201,7 +205,7 @@ def api_batch(request: HttpRequest) -> JsonResponse:
     )
 
 
-@require_GET
+@require_safe
 def api_batch_status(request: HttpRequest, batch_id: uuid.UUID) -> JsonResponse:
     summary = get_store().get_batch(str(batch_id))
     if summary is None:
@@ -209,6 +213,7 @@ def api_batch_status(request: HttpRequest, batch_id: uuid.UUID) -> JsonResponse:
     return JsonResponse(summary)
 
 
+# GET only: a read counts a view, and a HEAD (a crawler, a health check) must not.
 @require_GET
 def api_product(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
     """The product once stored (and a `viewed` event); 202 pending while the insert is queued."""
@@ -238,7 +243,7 @@ def api_product(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
     )
 
 
-@require_GET
+@require_safe
 def api_product_history(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
     documents = get_store().history(str(product_id))
     if not documents and not Product.objects.filter(id=product_id).exists():
@@ -251,16 +256,13 @@ def _query(request: HttpRequest) -> str:
     return request.GET.get("q", "").strip()[:QUERY_MAX_LENGTH]
 
 
-def autocomplete_cache_key(q: str) -> str:
-    return "autocomplete:" + hashlib.sha256(q.lower().encode()).hexdigest()
-
-
-@require_GET
+@require_safe
 def api_autocomplete(request: HttpRequest) -> JsonResponse:
     q = _query(request)
     if not q:
         return JsonResponse({"query": q, "results": [], "cached": False})
-    key = autocomplete_cache_key(q)
+    generation = autocomplete_cache.generation()
+    key = autocomplete_cache.key(q, generation)
     results = cache.get(key)
     cached = results is not None
     if not cached:
@@ -268,11 +270,12 @@ def api_autocomplete(request: HttpRequest) -> JsonResponse:
             results = queries.autocomplete(get_client(), alias_name(), q)
         except SearchUnavailable:
             return _error(503, "search unavailable")
-        cache.set(key, results, settings.CATALOGUE_AUTOCOMPLETE_TTL)
+        if autocomplete_cache.settled(generation):
+            cache.set(key, results, settings.CATALOGUE_AUTOCOMPLETE_TTL)
     return JsonResponse({"query": q, "results": results, "cached": cached})
 
 
-@require_GET
+@require_safe
 def api_search(request: HttpRequest) -> JsonResponse:
     try:
         return JsonResponse(queries.search(get_client(), alias_name(), _query(request)))
@@ -280,7 +283,7 @@ def api_search(request: HttpRequest) -> JsonResponse:
         return _error(503, "search unavailable")
 
 
-@require_GET
+@require_safe
 def api_stats(request: HttpRequest) -> JsonResponse:
     try:
         return JsonResponse(queries.stats(get_client(), alias_name()))
@@ -289,12 +292,12 @@ def api_stats(request: HttpRequest) -> JsonResponse:
 
 
 # -- probes --------------------------------------------------------------------------------------
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     ok, results = health.run_checks(
         health.configured_checks(), settings.CATALOGUE_READINESS_TIMEOUT

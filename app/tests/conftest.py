@@ -79,9 +79,11 @@ class FakeElasticsearch:
     def bodies(self) -> list[dict[str, Any]]:
         return [args[1] for name, args in self.calls if name == "search"]
 
-    def index_document(self, index: str, doc_id: str, document: dict[str, Any]) -> None:
+    def index_document(self, index: str, doc_id: str, document: dict[str, Any]) -> bool:
         self._call("index_document", index, doc_id, document)
+        created = doc_id not in self.documents
         self.documents[doc_id] = document
+        return created
 
     def delete_document(self, index: str, doc_id: str) -> None:
         self._call("delete_document", index, doc_id)
@@ -159,3 +161,20 @@ def _clean_cache() -> None:
     from django.core.cache import cache  # noqa: PLC0415
 
     cache.clear()
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The autocomplete cache's clock, moved by hand, in a process that saw no generation yet."""
+    fake = Clock()
+    monkeypatch.setattr("catalogue.autocomplete_cache.monotonic", lambda: fake.now)
+    monkeypatch.setattr("catalogue.autocomplete_cache._first_seen", ("", 0.0))
+    return fake

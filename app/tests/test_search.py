@@ -4,9 +4,9 @@ import pytest
 import requests
 from django.core.management import call_command
 
+from catalogue import autocomplete_cache
 from catalogue.search import mappings, queries
 from catalogue.search.client import ElasticsearchClient, SearchError, SearchUnavailable
-from catalogue.views import autocomplete_cache_key
 
 SUGGEST_PYTHN = {
     "spelling": [
@@ -82,17 +82,20 @@ def test_mapping_defines_edge_ngrams_1_to_20_on_the_title():
 
 
 @pytest.mark.django_db
-def test_autocomplete_answers_from_cache_within_the_ttl(client, fake_es, settings):
+def test_autocomplete_answers_from_cache_within_the_ttl(client, fake_es, settings, clock):
     from django.core.cache import cache  # noqa: PLC0415
 
+    client.get("/api/autocomplete", {"q": "warm"})  # this process now knows the generation
+    clock.advance(settings.CATALOGUE_AUTOCOMPLETE_SETTLE)
     fake_es.responses = [{"hits": [{"id": "1", "score": 1, "source": {"title": "Python"}}]}]
     first = client.get("/api/autocomplete", {"q": "Pyt"}).json()
     second = client.get("/api/autocomplete", {"q": "pyt "}).json()
     assert first["cached"] is False
     assert second["cached"] is True
     assert first["results"] == second["results"] == [{"id": "1", "title": "Python"}]
-    assert len(fake_es.bodies()) == 1
-    assert cache.get(autocomplete_cache_key("pyt")) == first["results"]
+    assert len(fake_es.bodies()) == 2  # "warm", then "pyt" once
+    key = autocomplete_cache.key("pyt", autocomplete_cache.generation())
+    assert cache.get(key) == first["results"]
 
 
 @pytest.mark.django_db

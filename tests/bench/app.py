@@ -3,12 +3,14 @@
 product is stored and then searchable.
 
     python tests/bench/app.py [--url http://127.0.0.1:8080] [--posts 50] [--concurrency 8]
-                              [--searchable 10]
+                              [--searchable 10] [--prefixes 30]
 
 Runs against a deployed stack (`make demo`). Prints, in milliseconds, the latency of sequential
 POSTs (median, 95th percentile, max), the throughput of concurrent POSTs, and for a few
 products the time from POST to stored (the insert task ran) and to searchable (the product's
-own made-up word finds it through /api/search). Every product it adds is a real one.
+own made-up word finds it through /api/search), and what the autocomplete cache is worth: the
+latency of answers from Redis against answers from Elasticsearch. Every product it adds is a
+real one.
 """
 
 from __future__ import annotations
@@ -46,6 +48,29 @@ def stored(session: requests.Session, url: str, product_id: str) -> bool:
     return answer.ok and bool(answer.json()["history"])
 
 
+def autocomplete(session: requests.Session, url: str, q: str) -> tuple[bool, float]:
+    started = time.perf_counter()
+    answer = session.get(f"{url}/api/autocomplete", params={"q": q}, timeout=10)
+    elapsed = time.perf_counter() - started
+    answer.raise_for_status()
+    return answer.json()["cached"], elapsed
+
+
+def autocomplete_rounds(
+    session: requests.Session, url: str, prefixes: list[str]
+) -> tuple[list[float], list[float]]:
+    """Ask for every prefix, round after round, until as many answers came from the cache: for a
+    moment after the index gained a product a process caches nothing, so rounds miss again."""
+    from_cache: list[float] = []
+    looked_up: list[float] = []
+    deadline = time.perf_counter() + 30
+    while len(from_cache) < len(prefixes) and time.perf_counter() < deadline:
+        for q in prefixes:
+            cached, elapsed = autocomplete(session, url, q)
+            (from_cache if cached else looked_up).append(elapsed)
+    return from_cache, looked_up
+
+
 def until(condition, timeout: float = 120.0, interval: float = 0.05) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
@@ -70,6 +95,7 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--searchable", type=int, default=10)
+    parser.add_argument("--prefixes", type=int, default=30)
     args = parser.parse_args()
     url = args.url.rstrip("/")
     session = requests.Session()
@@ -103,6 +129,15 @@ def main() -> None:
         searchable.append(accepted + until(is_found))
     print(summary("POST to stored", stored_after))
     print(summary("POST to searchable", searchable))
+
+    from_cache, looked_up = autocomplete_rounds(
+        session, url, [word()[:3] for _ in range(args.prefixes)]
+    )
+    for name, seconds in (
+        ("autocomplete from cache", from_cache),
+        ("autocomplete looked up", looked_up),
+    ):
+        print(summary(name, seconds) if seconds else f"{name:<28} none")
 
 
 if __name__ == "__main__":

@@ -92,8 +92,10 @@ class ElasticsearchClient:
         return payload
 
     # -- documents ------------------------------------------------------------------------------
-    def index_document(self, index: str, doc_id: str, document: Mapping[str, Any]) -> None:
-        self.request("PUT", f"{index}/{DOC_TYPE}/{doc_id}", document)
+    def index_document(self, index: str, doc_id: str, document: Mapping[str, Any]) -> bool:
+        """Index a document; True when it is new to the index, False when it replaced one."""
+        payload = self.request("PUT", f"{index}/{DOC_TYPE}/{doc_id}", document)
+        return payload.get("result") == "created"
 
     def delete_document(self, index: str, doc_id: str) -> None:
         self.request("DELETE", f"{index}/{DOC_TYPE}/{doc_id}", allow_404=True)

@@ -39,8 +39,9 @@ def ensure_alias(client: ElasticsearchClient, alias: str) -> str:
     return index
 
 
-def index_product(client: ElasticsearchClient, product: Product) -> None:
-    client.index_document(alias_name(), str(product.id), product.search_document())
+def index_product(client: ElasticsearchClient, product: Product) -> bool:
+    """True when the product's document is new to the index."""
+    return client.index_document(alias_name(), str(product.id), product.search_document())
 
 
 def _documents() -> Iterator[tuple[str, dict[str, Any]]]:

@@ -27,6 +27,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so it strips the body of every HEAD answer, error pages included (see its docstring).
+    "catalogue.middleware.head_without_body",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -187,6 +189,10 @@ MONGODB_TIMEOUT_MS = env_int("MONGODB_TIMEOUT_MS", 2000)
 # --- Catalogue behaviour ------------------------------------------------------------------------
 CATALOGUE_DOCUMENT_STORE = "catalogue.documents.MongoStore"
 CATALOGUE_AUTOCOMPLETE_TTL = env_int("CATALOGUE_AUTOCOMPLETE_TTL", 30)
+# Seconds a process answers autocomplete uncached after the index changed: at least the index's
+# refresh interval (1 s), so that nothing looked up before the refresh is cached (see
+# catalogue/autocomplete_cache.py).
+CATALOGUE_AUTOCOMPLETE_SETTLE = env_float("CATALOGUE_AUTOCOMPLETE_SETTLE", 2.0)
 CATALOGUE_BATCH_MAX = env_int("CATALOGUE_BATCH_MAX", 100)
 CATALOGUE_READINESS_TIMEOUT = env_float("CATALOGUE_READINESS_TIMEOUT", 2.0)
 CATALOGUE_READINESS_CHECKS = {

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from catalogue import autocomplete_cache
 from catalogue.search import indexer
 from catalogue.search.client import SearchError, SearchUnavailable, get_client
 
@@ -26,6 +27,7 @@ class Command(BaseCommand):
             result = indexer.rebuild(client, alias, keep_old=options["keep_old"])
         except (SearchError, SearchUnavailable) as exc:
             raise CommandError(f"reindex failed, alias {alias} unchanged: {exc}") from exc
+        autocomplete_cache.bump()  # the alias now shows a new index: no cached answer holds
         previous = ", ".join(result["previous"]) or "nothing"
         self.stdout.write(
             self.style.SUCCESS(
