@@ -13,8 +13,9 @@ HOSTS     := $(PY) tests/hosts/stackhosts.py
 ifeq ($(INVENTORY),inventories/local)
 export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/tests/hosts/local-vault-password
 endif
-# Controller packages: a container engine, debootstrap for the test images, and Python.
-APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make
+# Controller packages: a container engine, debootstrap for the test images, Python, and
+# systemd-analyze (package systemd) to score the units the roles write.
+APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make systemd
 
 .PHONY: help
 help: ## list the targets
@@ -22,7 +23,8 @@ help: ## list the targets
 
 .PHONY: bootstrap
 bootstrap: $(VENV)/.installed ## install controller packages and the Python tooling
-	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
+	  && command -v systemd-analyze >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
 
 $(VENV)/.installed: pyproject.toml
@@ -84,12 +86,13 @@ $(VENV)/.load-installed: $(VENV)/.installed
 	touch $@
 
 .PHONY: lint
-lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs
+lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes
 	$(ACTIVATE) yamllint --strict .
 	$(ACTIVATE) ansible-lint --profile production
 	$(ACTIVATE) ruff check .
 	$(ACTIVATE) ruff format --check .
 	$(PY) tests/lint/argument_specs.py roles
+	$(PY) tests/lint/unit_security.py
 
 .PHONY: unit
 unit: bootstrap app/.venv/.installed ## unit tests of the kit's Python code and of the app

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,11 @@ import testinfra
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "lint"))
+# The exposure bounds `make lint` scores the rendered units against (tests/lint/unit_security.py).
+from unit_security import APP_BOUND, DATA_BOUND  # noqa: E402
+
+EXPOSURE_BOUNDS = {"app": APP_BOUND, "data": DATA_BOUND}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -139,3 +146,31 @@ def process_limits(host, pid: int) -> dict[str, tuple[str, str]]:
         name, soft, hard = line[:26].strip(), line[26:47].strip(), line[47:68].strip()
         limits[name] = (soft, hard)
     return limits
+
+
+def unit_exposure(host, unit: str) -> float:
+    """The overall exposure `systemd-analyze security` gives the unit as systemd loaded it
+    (drop-ins included): 0 is the tightest sandbox, 10 none at all."""
+    output = host.check_output(f"LC_ALL=C systemd-analyze security --no-pager {unit}")
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", output)
+    assert match, f"systemd-analyze gave no exposure for {unit}: {output[-500:]}"
+    return float(match.group(1))
+
+
+def assert_sandboxed(host, unit: str, tier: str, running: bool = True) -> None:
+    """The unit scores within its tier's bound ("app" or "data"); when it runs, its main
+    process really got the sandbox: no capability, no new privileges, a system call filter."""
+    bound = EXPOSURE_BOUNDS[tier]
+    exposure = unit_exposure(host, unit)
+    assert exposure <= bound, f"{unit}: exposure {exposure} is above {bound}"
+    if not running:
+        return
+    status = dict(
+        line.split(":", 1)
+        for line in host.file(f"/proc/{main_pid(host, unit)}/status").content_string.splitlines()
+        if ":" in line
+    )
+    assert status["NoNewPrivs"].strip() == "1", unit
+    assert status["Seccomp"].strip() == "2", unit  # a filter is installed
+    assert int(status["CapBnd"], 16) == 0, unit
+    assert int(status["CapEff"], 16) == 0, unit

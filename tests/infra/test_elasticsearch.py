@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 import yaml
-from conftest import address_of, render, wait_for
+from conftest import address_of, assert_sandboxed, render, wait_for
 
 testinfra_hosts = ["ansible://search"]
 ROLE = "elasticsearch"
@@ -71,6 +71,10 @@ def test_service_runs_as_the_elasticsearch_user(host, v, pid):
     assert host.process.get(pid=pid).user == v("elasticsearch_user")
     user = host.user(v("elasticsearch_user"))
     assert user.shell == "/usr/sbin/nologin"
+
+
+def test_service_is_sandboxed(host):
+    assert_sandboxed(host, "elasticsearch", "data")
 
 
 def test_node_reports_the_configured_version_on_java_8(es, v):

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, address_of, in_container, main_pid, process_limits, wait_for
+from conftest import (
+    ROOT,
+    address_of,
+    assert_sandboxed,
+    in_container,
+    main_pid,
+    process_limits,
+    wait_for,
+)
 
 testinfra_hosts = ["ansible://docs"]
 ROLE = "mongodb"
@@ -105,6 +113,12 @@ def test_unit_runs_the_server_as_mongodb_with_the_configured_limits(host, v):
     assert shown["LimitNPROC"] == str(v("mongodb_limit_nproc"))
     assert shown["LimitMEMLOCK"] == str(v("mongodb_limit_memlock"))
     assert shown["TasksMax"] == str(v("mongodb_tasks_max"))
+
+
+def test_units_are_sandboxed(host, v):
+    assert_sandboxed(host, v("mongodb_service_name"), "data")
+    if host.file("/etc/systemd/system/disable-transparent-huge-pages.service").exists:
+        assert_sandboxed(host, "disable-transparent-huge-pages", "data", running=False)
 
 
 def test_server_process_is_owned_by_mongodb_never_root(host, v):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, address_of, wait_for
+from conftest import ROOT, address_of, assert_sandboxed, wait_for
 
 testinfra_hosts = ["ansible://db"]
 ROLE = "postgresql"
@@ -470,6 +470,12 @@ def test_backup_dir_is_private_and_the_timer_enabled(host, v):
     assert backup_dir.mode == 0o700
     if v("postgresql_backup_enabled"):
         assert host.service("postgresql-backup.timer").is_enabled
+
+
+def test_backup_and_maintenance_units_are_sandboxed(host):
+    for unit in ("postgresql-backup", "postgresql-partitions"):
+        if host.file(f"/etc/systemd/system/{unit}.service").exists:
+            assert_sandboxed(host, unit, "data", running=False)
 
 
 def newest_dump(host, backup_dir: str, database: str) -> str:

@@ -8,7 +8,7 @@ import json
 import shlex
 
 import pytest
-from conftest import address_of, main_pid, wait_for
+from conftest import address_of, assert_sandboxed, main_pid, wait_for
 
 testinfra_hosts = ["ansible://broker"]
 ROLE = "rabbitmq"
@@ -86,6 +86,10 @@ def test_broker_runs_as_rabbitmq(host):
     users = host.check_output("ps -o user= -C beam.smp").split()
     assert users
     assert set(users) == {"rabbitmq"}
+
+
+def test_broker_is_sandboxed(host):
+    assert_sandboxed(host, "rabbitmq-server", "data")
 
 
 def test_amqp_listens_on_the_private_address_only(host, v):

@@ -9,6 +9,7 @@ import shlex
 import pytest
 from conftest import (
     address_of,
+    assert_sandboxed,
     in_container,
     main_pid,
     render,
@@ -63,6 +64,12 @@ def test_redis_server_is_running_as_redis(host):
     assert service.is_running
     assert service.is_enabled
     assert host.check_output(f"ps -o user= -p {main_pid(host, 'redis-server')}") == "redis"
+
+
+def test_redis_server_is_sandboxed_and_cannot_rewrite_its_configuration(host):
+    assert_sandboxed(host, "redis-server", "data")
+    writable = host.check_output("systemctl show -p ReadWritePaths --value redis-server").split()
+    assert not any(path.lstrip("-").startswith("/etc") for path in writable), writable
 
 
 def test_redis_listens_on_private_address_and_loopback_only(host, v):

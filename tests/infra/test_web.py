@@ -13,6 +13,7 @@ from typing import BinaryIO
 import pytest
 from conftest import (
     address_of,
+    assert_sandboxed,
     main_pid,
     process_limits,
     render,
@@ -103,6 +104,10 @@ def test_gunicorn_runs_the_live_release_as_the_app_account(host, v):
     cwd = host.check_output(f"readlink /proc/{pid}/cwd")
     live = host.check_output(f"readlink -f {v('gunicorn_app_dir')}")
     assert cwd == live
+
+
+def test_gunicorn_is_sandboxed(host, v):
+    assert_sandboxed(host, v("gunicorn_service_name"), "app")
 
 
 def test_gunicorn_runs_the_configured_number_of_workers(host, v):

@@ -4,7 +4,7 @@ account, durable queues on the broker, and beat on exactly one host."""
 from __future__ import annotations
 
 import pytest
-from conftest import main_pid, process_limits, var_of, wait_for
+from conftest import assert_sandboxed, main_pid, process_limits, var_of, wait_for
 
 testinfra_hosts = ["ansible://worker"]
 ROLE = "celery"
@@ -39,6 +39,13 @@ def test_open_files_limit_reaches_the_workers(host, v, workers):
     for worker in workers:
         limits = process_limits(host, main_pid(host, unit(worker)))
         assert limits["Max open files"] == (str(v("celery_limit_nofile")),) * 2
+
+
+def test_workers_and_beat_are_sandboxed(host, workers):
+    for worker in workers:
+        assert_sandboxed(host, unit(worker), "app")
+    if host.service("catalogue-beat").is_running:
+        assert_sandboxed(host, "catalogue-beat", "app")
 
 
 def test_broker_queues_are_durable_and_consumed(inventory_hosts, workers):

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLES = sorted(p for p in (ROOT / "roles").iterdir() if p.is_dir())
 sys.path.insert(0, str(ROOT / "tests" / "lint"))
 import argument_specs  # noqa: E402
+import unit_security  # noqa: E402
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
@@ -38,6 +39,12 @@ def test_defaults_and_argument_specs_agree(role):
 )
 def test_every_template_carries_the_managed_header(template):
     assert "ansible_managed" in template.read_text()
+
+
+def test_every_unit_template_is_scored_for_its_sandbox():
+    """`make lint` scores each unit in unit_security.UNITS: a new unit cannot slip past it."""
+    scored = {(unit.role, unit.template) for unit in unit_security.UNITS}
+    assert unit_security.unit_templates(ROOT) == scored
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Score every systemd unit the roles write with `systemd-analyze security`, offline.
+
+Each unit template is rendered with its role's defaults for a representative Debian 13 host
+and scored in a scratch root; a drop-in is scored over the distribution unit it extends (a
+copy in tests/lint/units/). The table shows the exposure of each unit (0 is the tightest
+sandbox, 10 none at all); the run fails when a unit exceeds its bound, or when a template
+with a [Service] section is missing from UNITS below. The testinfra suites assert the same
+bounds on live hosts (conftest.assert_sandboxed).
+
+Usage: unit_security.py [ROOT]   (needs systemd-analyze 250 or later for --offline)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+
+# Exposure bounds: the app's own processes can give up nearly everything; a data service keeps
+# what its engine needs (a JIT, its own memory and file limits).
+APP_BOUND = 4.0
+DATA_BOUND = 6.0
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS_DIR = Path(__file__).resolve().parent / "units"
+TEMPLATES = "templates/etc/systemd/system"
+
+# The facts and inventory names the defaults need, for a production Debian 13 host.
+HOST = {
+    "inventory_hostname": "host1",
+    "ansible_host": "10.0.0.5",
+    "groups": {},
+    "hostvars": {},
+    "ansible_managed": "Ansible managed",
+    "ansible_facts": {
+        "default_ipv4": {"address": "10.0.0.5"},
+        "processor_vcpus": 2,
+        "memtotal_mb": 4096,
+        "distribution": "Debian",
+        "distribution_major_version": "13",
+        "distribution_release": "trixie",
+        "os_family": "Debian",
+        "hostname": "host1",
+        "virtualization_role": "host",
+        "virtualization_type": "kvm",
+    },
+}
+
+
+@dataclass
+class Unit:
+    role: str
+    template: str  # under roles/<role>/templates/etc/systemd/system/
+    name: str  # the unit as systemd knows it
+    bound: float
+    variables: dict = field(default_factory=dict)
+    base: str = ""  # for a drop-in: the distribution unit under tests/lint/units/
+
+    @property
+    def label(self) -> str:
+        dropin = Path(self.template.removesuffix(".j2")).name
+        return f"{self.name} + {dropin}" if self.base else self.name
+
+
+UNITS = [
+    Unit("gunicorn", "catalogue-web.service.j2", "catalogue-web.service", APP_BOUND),
+    Unit(
+        "celery",
+        "catalogue-worker.service.j2",
+        "catalogue-worker-default.service",
+        APP_BOUND,
+        {"item": {"name": "default", "queues": ["default", "indexing"], "concurrency": 2}},
+    ),
+    Unit(
+        "celery",
+        "catalogue-worker.service.j2",
+        "catalogue-worker-slow.service",
+        APP_BOUND,
+        {
+            "item": {
+                "name": "slow",
+                "queues": ["slow"],
+                "concurrency": 4,
+                "prefetch_multiplier": 1,
+                "options": ["-O", "fair"],
+            }
+        },
+    ),
+    Unit("celery", "catalogue-beat.service.j2", "catalogue-beat.service", APP_BOUND),
+    Unit("elasticsearch", "elasticsearch.service.j2", "elasticsearch.service", DATA_BOUND),
+    Unit("mongodb", "mongod.service.j2", "mongod.service", DATA_BOUND),
+    Unit(
+        "mongodb",
+        "disable-transparent-huge-pages.service.j2",
+        "disable-transparent-huge-pages.service",
+        DATA_BOUND,
+    ),
+    Unit("postgresql", "postgresql-backup.service.j2", "postgresql-backup.service", DATA_BOUND),
+    Unit(
+        "postgresql",
+        "postgresql-partitions.service.j2",
+        "postgresql-partitions.service",
+        DATA_BOUND,
+        {"postgresql_partitioned_tables": [{"database": "catalogue", "owner": "catalogue"}]},
+    ),
+    Unit(
+        "redis",
+        "redis-server.service.d/50-stackkit.conf.j2",
+        "redis-server.service",
+        DATA_BOUND,
+        base="redis-server.service",
+    ),
+    Unit(
+        "rabbitmq",
+        "rabbitmq-server.service.d/50-stackkit.conf.j2",
+        "rabbitmq-server.service",
+        DATA_BOUND,
+        base="rabbitmq-server.service",
+    ),
+]
+
+
+def unit_templates(root: Path) -> set[tuple[str, str]]:
+    """(role, template) of every template under roles/ that configures a service."""
+    found = set()
+    for path in root.glob(f"roles/*/{TEMPLATES}/**/*.j2"):
+        if re.search(r"^\[Service\]", path.read_text(), re.MULTILINE):
+            role = path.relative_to(root / "roles").parts[0]
+            found.add((role, str(path.relative_to(root / "roles" / role / TEMPLATES))))
+    return found
+
+
+def render(root: Path, unit: Unit) -> str:
+    """The template as the role writes it, with the role's defaults and vars."""
+    loader = DataLoader()
+    variables: dict = {}
+    for part in ("defaults", "vars"):
+        path = root / "roles" / unit.role / part / "main.yml"
+        if path.exists():
+            variables.update(loader.load_from_file(str(path), trusted_as_template=True) or {})
+    variables.update(HOST, **unit.variables)
+    source = (root / "roles" / unit.role / TEMPLATES / unit.template).read_text()
+    return Templar(loader=loader, variables=variables).template(trust_as_template(source))
+
+
+def score(root: Path, unit: Unit, scratch: Path) -> tuple[float | None, int, str]:
+    """(exposure, exit status, diagnostics) of the rendered unit; exposure None when it was not
+    scored. The exit status is not 0 when the exposure is above the bound."""
+    system = scratch / "etc" / "systemd" / "system"
+    target = system / (unit.template.removesuffix(".j2") if unit.base else unit.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render(root, unit))
+    if unit.base:
+        vendor = scratch / "lib" / "systemd" / "system"
+        vendor.mkdir(parents=True, exist_ok=True)
+        shutil.copy(UNITS_DIR / unit.base, vendor / unit.name)
+    result = subprocess.run(
+        [
+            "systemd-analyze",
+            "security",
+            "--no-pager",
+            "--offline=true",
+            f"--root={scratch}",
+            f"--threshold={unit.bound * 10:.0f}",
+            unit.name,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    diagnostics = result.stderr.replace(str(scratch), "").strip()
+    return (float(match.group(1)) if match else None), result.returncode, diagnostics
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[1]).resolve() if len(argv) > 1 else ROOT
+    if shutil.which("systemd-analyze") is None:
+        print("unit_security: systemd-analyze is missing (Debian package systemd)", file=sys.stderr)
+        return 2
+    problems = [
+        f"{role}: {template} has a [Service] section but no entry in UNITS ({__file__})"
+        for role, template in sorted(unit_templates(root) - {(u.role, u.template) for u in UNITS})
+    ]
+    rows = []
+    for unit in UNITS:
+        with tempfile.TemporaryDirectory(prefix="unit-security-") as scratch:
+            exposure, status, diagnostics = score(root, unit, Path(scratch))
+        if exposure is None:
+            problems.append(f"{unit.name}: systemd-analyze gave no score: {diagnostics}")
+        elif exposure > unit.bound or status != 0:
+            message = f"{unit.name}: exposure {exposure} is above {unit.bound} {diagnostics}"
+            problems.append(message.strip())
+        elif diagnostics:
+            problems.append(f"{unit.name}: {diagnostics}")
+        rows.append((unit.role, unit.label, exposure, unit.bound))
+    width = max(len(label) for _, label, _, _ in rows)
+    print(f"{'role':<14}{'unit':<{width + 2}}{'exposure':>8}{'bound':>7}")
+    for role, label, exposure, bound in rows:
+        shown = "-" if exposure is None else f"{exposure:.1f}"
+        verdict = "" if exposure is not None and exposure <= bound else "  FAIL"
+        print(f"{role:<14}{label:<{width + 2}}{shown:>8}{bound:>7.1f}{verdict}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
