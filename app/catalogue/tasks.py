@@ -152,15 +152,21 @@ def reconcile_index(self: Any) -> dict[str, Any]:
 @shared_task(name="catalogue.tasks.redrive_submissions")
 def redrive_submissions() -> dict[str, int]:
     """Beat task of the outbox: send insert_product again for every submission that is not done
-    by its deadline (the broker may have dropped it, or a task given up), and the summary of
-    every batch that is done but has none.
+    by its deadline (the broker may have dropped it, or a task given up), or only index_product
+    when the product is stored and has its history, and the summary of every batch that is done
+    but has none.
 
     Each row is marked as sent again only after its publish returned; a publish that fails
     fails this run, and the next run picks up what is still overdue."""
     now = timezone.now()
     redriven = 0
     for submission in Submission.objects.due(now)[: settings.CATALOGUE_REDRIVE_BATCH]:
-        insert_product.delay(submission.payload)
+        if submission.stored_at and submission.history_at:
+            # Only the indexing is missing: sending the whole insert again would also queue
+            # another image fetch, and after an outage the re-drive must not multiply the work.
+            index_product.delay(str(submission.pk))
+        else:
+            insert_product.delay(submission.payload)
         Submission.sent_again(submission.pk, submission.sends, now)
         redriven += 1
     done_before = now - timedelta(seconds=settings.CATALOGUE_REDRIVE_AFTER)

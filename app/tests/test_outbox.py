@@ -15,6 +15,7 @@ from catalogue.models import Event, Product, Submission
 
 GOOD = {"title": "Python Cookbook", "image_url": "https://example.org/cover.png"}
 INSERT = "catalogue.tasks.insert_product"
+INDEX = "catalogue.tasks.index_product"
 
 
 def post(client, data, path="/api/products/"):
@@ -231,6 +232,20 @@ def test_the_redrive_deadline_doubles_per_send_up_to_the_cap(settings):
     settings.CATALOGUE_REDRIVE_BACKOFF_CAP = 200
     delays = [Submission.redrive_delay(sends).total_seconds() for sends in range(1, 7)]
     assert delays == [30, 60, 120, 200, 200, 200]
+
+
+@pytest.mark.django_db
+def test_a_stored_submission_with_its_history_is_only_indexed_again(broker):
+    """After an Elasticsearch outage the insert is done: sending it again would queue another
+    image fetch per product, so only the missing indexing is re-driven."""
+    waiting = recorded(stored_at=timezone.now(), history_at=timezone.now())
+    no_history = recorded(stored_at=timezone.now())
+    overdue(waiting.pk, no_history.pk)
+    assert tasks.redrive_submissions.run()["redriven"] == 2
+    sent = {(m.task, str(m.args[0]) if m.task == INDEX else m.args[0]["id"]) for m in broker.drain()}
+    assert sent == {(INDEX, str(waiting.pk)), (INSERT, str(no_history.pk))}
+    waiting.refresh_from_db()
+    assert waiting.sends == 2
 
 
 @pytest.mark.django_db

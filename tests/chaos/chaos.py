@@ -71,11 +71,12 @@ rows = list(Product.objects.filter(title__startswith=prefix).values_list("id", "
 titles = Counter(title for _, title in rows)
 stored = {str(pid) for pid, _ in rows}
 found = get_client().multi_get(alias_name(), ids, ["title"]) if ids else {}
-store = get_store()
+# One pass over the history collection: a query per product is quadratic on a large one.
+histories = {d["product_id"] for d in get_store()._history().find({}, {"product_id": 1, "_id": 0})}
 print(json.dumps({
     "stored": sorted(set(ids) & stored),
     "indexed": sorted(pid for pid, doc in found.items() if doc is not None),
-    "history": sorted(pid for pid in ids if pid in stored and store.history(pid)),
+    "history": sorted(pid for pid in ids if pid in stored and pid in histories),
     "duplicated": sorted(t for t, n in titles.items() if n > 1),
     "refused_stored": sorted(t for t in titles if t in refused),
 }))

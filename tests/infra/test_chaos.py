@@ -23,7 +23,7 @@ def test_no_accepted_product_is_lost_through_a_short_fault_round(pytestconfig):
         "--inventory",
         inventory,
         "--rate",
-        "10",
+        "5",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
     print(result.stdout)
