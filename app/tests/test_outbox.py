@@ -242,7 +242,8 @@ def test_a_stored_submission_with_its_history_is_only_indexed_again(broker):
     no_history = recorded(stored_at=timezone.now())
     overdue(waiting.pk, no_history.pk)
     assert tasks.redrive_submissions.run()["redriven"] == 2
-    sent = {(m.task, str(m.args[0]) if m.task == INDEX else m.args[0]["id"]) for m in broker.drain()}
+    messages = broker.drain()
+    sent = {(m.task, m.args[0] if m.task == INDEX else m.args[0]["id"]) for m in messages}
     assert sent == {(INDEX, str(waiting.pk)), (INSERT, str(no_history.pk))}
     waiting.refresh_from_db()
     assert waiting.sends == 2
