@@ -116,3 +116,5 @@ mongod-standin: $(MONGOD_STANDIN) ## build the mongodb scenario's stand-in serve
 
 molecule: $(MONGOD_STANDIN)
 demo: $(MONGOD_STANDIN)
+# tests/unit/test_mongodb_passwords.py runs the mongodb role's user tasks against it.
+unit: $(MONGOD_STANDIN)
