@@ -52,6 +52,10 @@ demo: hosts-up artifacts ## bring the whole stack up on local hosts and say wher
 	@echo "The catalogue is up on local hosts ($(TOPOLOGY)): open http://127.0.0.1:8080/"
 	@echo "Hosts: ansible all -i $(INVENTORY) -m ping; measure it: make bench-app"
 
+.PHONY: secrets
+secrets: $(VENV)/.installed ## new encrypted vault.yml for INVENTORY=inventories/NAME (never overwrites)
+	$(PY) tests/secrets/make_vault.py $(INVENTORY)
+
 .PHONY: verify
 verify: bootstrap ## run the testinfra suites against INVENTORY
 	$(ACTIVATE) pytest -p no:cacheprovider --connection=ansible --sudo \
