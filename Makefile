@@ -54,6 +54,10 @@ demo: hosts-up artifacts ## bring the whole stack up on local hosts and say wher
 	@echo "The catalogue is up on local hosts ($(TOPOLOGY)): open http://127.0.0.1:8080/"
 	@echo "Hosts: ansible all -i $(INVENTORY) -m ping; measure it: make bench-app"
 
+.PHONY: secrets
+secrets: $(VENV)/.installed ## new encrypted vault.yml for INVENTORY=inventories/NAME (never overwrites)
+	$(PY) tests/secrets/make_vault.py $(INVENTORY)
+
 .PHONY: verify
 verify: bootstrap ## run the testinfra suites against INVENTORY
 	$(ACTIVATE) pytest -p no:cacheprovider --connection=ansible --sudo \
@@ -137,3 +141,5 @@ mongod-standin: $(MONGOD_STANDIN) ## build the mongodb scenario's stand-in serve
 
 molecule: $(MONGOD_STANDIN)
 demo: $(MONGOD_STANDIN)
+# tests/unit/test_mongodb_passwords.py runs the mongodb role's user tasks against it.
+unit: $(MONGOD_STANDIN)

@@ -3,6 +3,8 @@ unattended upgrades, the nftables firewall and kernel settings."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import (
     address_of,
@@ -128,7 +130,7 @@ def test_firewall_opens_declared_ports_to_declared_sources_only(host, v, invento
         "query('ansible.builtin.vars', *query('ansible.builtin.varnames',"
         " '^common_firewall_allowed(_.+)?$')) | flatten(levels=1)",
     )
-    restricted = [r for r in rules if r.get("sources") and r.get("proto", "tcp") == "tcp"]
+    restricted = [r for r in rules if r["sources"] != ["any"] and r.get("proto", "tcp") == "tcp"]
     if not restricted:
         pytest.skip("no port on this host is restricted to some sources")
     target = address_of(host)
@@ -139,6 +141,23 @@ def test_firewall_opens_declared_ports_to_declared_sources_only(host, v, invento
         assert peers, f"no inventory host is among the sources of {rule}"
         assert tcp_reachable_from(peers[0], target, port), f"{port} closed to a declared source"
         assert not tcp_reachable_from_controller(target, port), f"{port} open to the controller"
+
+
+def test_a_port_open_to_anywhere_is_one_declared_so(host, v):
+    if not v("common_firewall_enabled"):
+        pytest.skip("the firewall is disabled in this inventory")
+    rules = render(
+        host,
+        "query('ansible.builtin.vars', *query('ansible.builtin.varnames',"
+        " '^common_firewall_allowed(_.+)?$')) | flatten(levels=1)",
+    )
+    public = {(r.get("proto", "tcp"), int(r["port"])) for r in rules if r["sources"] == ["any"]}
+    table = host.check_output("nft list table inet stackkit")
+    opened = {
+        (m.group(1), int(m.group(2)))
+        for m in re.finditer(r"^\s*(tcp|udp) dport (\d+) accept", table, re.MULTILINE)
+    }
+    assert opened - {("tcp", int(v("common_sshd_port")))} == public
 
 
 def test_undeclared_port_is_closed_from_another_host(host, v, inventory_hosts):

@@ -8,6 +8,7 @@ directories, limits and mongod.conf that mongod gets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import subprocess
@@ -322,6 +323,17 @@ print(json.dumps({"admin": admin[0]["roles"], "app": app[0]["roles"]}))
     assert result["app"] == [
         {"role": r, "db": v("mongodb_app_database")} for r in v("mongodb_app_roles")
     ]
+
+
+def test_the_admin_password_the_role_set_is_kept_for_root_only(host, v):
+    """The role logs in with it to change the admin password when the vault's changes
+    (roles/mongodb/tasks/users.yml); tests/unit/test_mongodb_passwords.py rotates both."""
+    kept = host.file("/root/.stackkit-mongodb-admin-password")
+    assert kept.user == "root"
+    assert kept.group == "root"
+    assert kept.mode == 0o600
+    wanted = hashlib.sha256(str(v("mongodb_admin_password")).encode()).hexdigest()
+    assert kept.sha256sum == wanted, "the kept admin password is not the vault's"
 
 
 def test_transparent_huge_pages_are_disabled_where_the_kernel_allows(host, v):

@@ -149,11 +149,26 @@ def test_persistence_follows_the_variable(host, v):
 
 def test_config_file_is_private_and_holds_no_clear_password(host, v):
     config = host.file("/etc/redis/redis.conf")
-    assert config.user == "redis"
+    assert config.user == "root"
+    assert config.group == "redis"
     assert config.mode == 0o640
+    recorded = host.check_output("dpkg-statoverride --list /etc/redis/redis.conf")
+    assert recorded.split() == ["root", "redis", "640", "/etc/redis/redis.conf"]
     assert "ansible" in config.content_string.lower()
     assert v("redis_default_password") not in config.content_string
     assert v("redis_app_password") not in config.content_string
+
+
+def test_server_cannot_rewrite_its_own_configuration(host, v):
+    """Even the admin's CONFIG REWRITE fails: /etc/redis is read-only to the server, so the
+    ACL users in redis.conf change only through the role."""
+    before = host.file("/etc/redis/redis.conf").sha256sum
+    reply = admin(host, v, "CONFIG", "REWRITE")
+    assert "ERR" in reply.stdout + reply.stderr, reply.stdout
+    config = host.file("/etc/redis/redis.conf")
+    assert config.sha256sum == before
+    assert config.user == "root"
+    assert host.service("redis-server").is_running
 
 
 def test_open_file_limit_reaches_the_process(host, v):

@@ -8,10 +8,10 @@ from preflight import output, run_preflight
 
 APP = {
     "app_secret_key": "unit-test-only-" + "k" * 40,
-    "app_postgres_password": "p",
-    "app_redis_password": "r",
-    "app_rabbitmq_password": "q",
-    "app_mongodb_password": "m",
+    "app_postgres_password": "unit-test-only-postgres",
+    "app_redis_password": "unit-test-only-redis",
+    "app_rabbitmq_password": "unit-test-only-rabbitmq",
+    "app_mongodb_password": "unit-test-only-mongodb",
 }
 GOOD = {"app": APP, "gunicorn": {}, "celery": {}, "nginx": {}}
 
@@ -27,7 +27,7 @@ def test_the_defaults_and_inventory_values_pass(tmp_path, role):
     [
         ("app", {"app_secret_key": "short"}, "app_secret_key", "at least 32 characters"),
         ("app", {"app_mongodb_password": ""}, "app_mongodb_password", "must be set"),
-        ("app", {"app_redis_password": "it's"}, "app_redis_password", "single quote"),
+        ("app", {"app_redis_password": "long-enough-it's"}, "app_redis_password", "single quote"),
         ("app", {"app_extra_environment": {"X": "a\nb"}}, "X", "newline"),
         ("app", {"app_user": "root"}, "app_user", "unprivileged"),
         ("app", {"app_keep_releases": 1}, "app_keep_releases", "at least 2"),

@@ -19,7 +19,7 @@ GOOD_TABLE = {
     "columns": [{"name": "created_at", "type": "timestamptz NOT NULL"}],
 }
 BASE = {
-    "postgresql_users": [{"name": "catalogue", "password": "unit-test-only"}],
+    "postgresql_users": [{"name": "catalogue", "password": "unit-test-only-catalogue"}],
     "postgresql_databases": [{"name": "catalogue", "owner": "catalogue"}],
     "postgresql_listen_addresses": ["localhost"],
 }

@@ -1,0 +1,207 @@
+"""The mongodb role's users follow the vault: a changed admin or app password takes effect on
+the next run, and a run with unchanged passwords changes nothing.
+
+The role's user tasks (roles/mongodb/tasks/users.yml) run on the controller against the
+MongoDB-wire stand-in the mongodb scenario uses (`make mongod-standin`), started here with
+authorisation enabled on a loopback port. Logins are checked with pymongo from the app's
+virtualenv, the same driver the role's modules use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDIN = ROOT / ".cache/artifacts/mongod-standin"
+PYTHON = ROOT / "app/.venv/bin/python"
+ADMIN_1, ADMIN_2 = "first-admin-password-0123", "second-admin-password-4567"
+APP_1, APP_2 = "first-app-password-0123", "second-app-password-4567"
+
+pytestmark = pytest.mark.skipif(
+    not STANDIN.is_file() or not PYTHON.is_file(),
+    reason="needs the stand-in and the app's virtualenv: run `make unit`",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "mongod.conf"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "net": {"port": port, "bindIp": "127.0.0.1"},
+                "storage": {"dbPath": str(data)},
+                "systemLog": {"destination": "file", "path": str(tmp_path / "mongod.log")},
+                "security": {"authorization": "enabled"},
+            }
+        )
+    )
+    process = subprocess.Popen([str(STANDIN), "--config", str(config)])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise
+            time.sleep(0.1)
+    try:
+        yield {"port": port, "data": data, "dir": tmp_path}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def converge(server, admin: str, app: str) -> tuple[int, str]:
+    """Run the role's user tasks; return the number of changed tasks and the output."""
+    play = [
+        {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Users",
+                    "ansible.builtin.include_role": {"name": "mongodb", "tasks_from": "users"},
+                }
+            ],
+        }
+    ]
+    variables = {
+        "ansible_python_interpreter": str(PYTHON),
+        "mongodb_port": server["port"],
+        "mongodb_data_dir": str(server["data"]),
+        "__mongodb_admin_password_file": str(server["dir"] / "admin-password"),
+        "mongodb_admin_password": admin,
+        "mongodb_app_password": app,
+    }
+    (server["dir"] / "play.yml").write_text(yaml.safe_dump(play))
+    (server["dir"] / "vars.yml").write_text(yaml.safe_dump(variables))
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+    }
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-e",
+            f"@{server['dir'] / 'vars.yml'}",
+            str(server["dir"] / "play.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    recap = re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)", out)
+    assert recap, out
+    if result.returncode != 0:
+        return -1, out
+    return int(recap.group(1)), out
+
+
+def logs_in(server, user: str, database: str, password: str) -> bool:
+    script = (
+        "import sys, pymongo\n"
+        "from pymongo.errors import OperationFailure\n"
+        "user, db, pwd, port = sys.stdin.read().split('\\n')\n"
+        "client = pymongo.MongoClient('127.0.0.1', int(port), username=user, password=pwd,"
+        " authSource=db, authMechanism='SCRAM-SHA-256', directConnection=True,"
+        " serverSelectionTimeoutMS=5000)\n"
+        "try:\n"
+        "    client.admin.command('ping')\n"
+        "    print('yes')\n"
+        "except OperationFailure as error:\n"
+        "    print('no' if error.code == 18 else error)\n"
+    )
+    result = subprocess.run(
+        [str(PYTHON), "-c", script],
+        input=f"{user}\n{database}\n{password}\n{server['port']}",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.stdout.strip() == "yes"
+
+
+def admin_logs_in(server, password: str) -> bool:
+    return logs_in(server, "admin", "admin", password)
+
+
+def app_logs_in(server, password: str) -> bool:
+    return logs_in(server, "catalogue", "catalogue", password)
+
+
+def test_users_follow_the_vault_and_unchanged_passwords_change_nothing(server):
+    changed, out = converge(server, ADMIN_1, APP_1)
+    assert changed > 0, out
+    assert admin_logs_in(server, ADMIN_1)
+    assert app_logs_in(server, APP_1)
+    assert converge(server, ADMIN_1, APP_1)[0] == 0
+
+    # A new admin password: the role logs in with the one it kept and sets the vault's.
+    changed, out = converge(server, ADMIN_2, APP_1)
+    assert changed > 0, out
+    assert admin_logs_in(server, ADMIN_2)
+    assert not admin_logs_in(server, ADMIN_1)
+    assert app_logs_in(server, APP_1)
+    assert converge(server, ADMIN_2, APP_1)[0] == 0
+
+    # A new app password alone changes the app user alone.
+    changed, out = converge(server, ADMIN_2, APP_2)
+    assert changed == 1, out
+    assert app_logs_in(server, APP_2)
+    assert not app_logs_in(server, APP_1)
+
+    # Both at once, then nothing.
+    changed, out = converge(server, ADMIN_1, APP_1)
+    assert changed > 0, out
+    assert admin_logs_in(server, ADMIN_1)
+    assert app_logs_in(server, APP_1)
+    changed, out = converge(server, ADMIN_1, APP_1)
+    assert changed == 0, out
+    for secret in (ADMIN_1, ADMIN_2, APP_1, APP_2):
+        assert secret not in out
+
+    kept = server["dir"] / "admin-password"
+    assert kept.read_text() == ADMIN_1
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_admin_password_changed_elsewhere_fails_naming_the_variable(server):
+    converge(server, ADMIN_1, APP_1)
+    (server["dir"] / "admin-password").unlink()
+    changed, out = converge(server, ADMIN_2, APP_1)
+    assert changed == -1
+    assert "mongodb_admin_password" in out
+    assert ADMIN_1 not in out
+    assert ADMIN_2 not in out
+    assert admin_logs_in(server, ADMIN_1)
