@@ -99,6 +99,10 @@ class Event(models.Model):
 
 
 class SubmissionQuerySet(models.QuerySet):
+    def pending(self) -> SubmissionQuerySet:
+        """Accepted and not done yet: the outbox still owes them a step."""
+        return self.filter(done_at__isnull=True)
+
     def due(self, now: datetime) -> SubmissionQuerySet:
         """Not done and past their re-drive deadline, the longest overdue first."""
         return self.filter(done_at__isnull=True, redrive_at__lte=now).order_by("redrive_at")

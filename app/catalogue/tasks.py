@@ -141,7 +141,10 @@ def reconcile_index(self: Any) -> dict[str, Any]:
     client = get_client()
     alias = indexer.alias_name()
     _ensure_alias(client, alias)
-    stale = indexer.stale_product_ids(client, alias)
+    # A product whose submission is not done yet is the outbox's: its indexing is queued or will
+    # be re-driven. Enqueueing it here too only adds duplicates to a backlog after an outage.
+    pending = {str(pk) for pk in Submission.objects.pending().values_list("pk", flat=True)}
+    stale = [pk for pk in indexer.stale_product_ids(client, alias) if pk not in pending]
     for product_id in stale:
         index_product.delay(product_id)
     if stale:

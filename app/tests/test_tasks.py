@@ -5,7 +5,7 @@ import requests
 
 from catalogue import imagefetch, tasks
 from catalogue.backoff import backoff_ceilings, backoff_delay
-from catalogue.models import Event, ImageStatus, Product
+from catalogue.models import Event, ImageStatus, Product, Submission
 
 pytestmark = pytest.mark.django_db
 
@@ -91,6 +91,20 @@ def test_reconcile_enqueues_missing_and_stale_documents(fake_es, store, broker):
     assert tasks.reconcile_index.run() == {"stale": 2}
     enqueued = {m.args[0] for m in broker.drain() if m.task == "catalogue.tasks.index_product"}
     assert enqueued == {stale["id"], missing["id"]}
+
+
+def test_reconcile_leaves_products_of_pending_submissions_to_the_outbox(fake_es, store, broker):
+    done, pending = submission(), submission()
+    for payload in (done, pending):
+        Submission.accepted(payload).save()
+        tasks.insert_product.run(payload)
+    broker.drain()
+    tasks.index_product.run(done["id"])
+    fake_es.documents[done["id"]]["updated_at"] = "2000-01-01T00:00:00+00:00"
+    assert Submission.objects.get(pk=done["id"]).done_at is not None
+    assert tasks.reconcile_index.run() == {"stale": 1}
+    enqueued = {m.args[0] for m in broker.drain() if m.task == "catalogue.tasks.index_product"}
+    assert enqueued == {done["id"]}
 
 
 def test_backoff_grows_exponentially_and_is_capped():

@@ -200,10 +200,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated, in order")
     parser.add_argument("--short", action="store_true", help=f"only {', '.join(SHORT)}")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--rate", type=float, default=20.0, help="products per second")
+    parser.add_argument("--rate", type=float, default=5.0, help="products per second")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--gap", type=float, default=6.0, help="seconds of traffic between faults")
-    parser.add_argument("--settle", type=float, default=300.0, help="seconds to wait for the work")
+    parser.add_argument("--settle", type=float, default=600.0, help="seconds to wait for the work")
     args = parser.parse_args()
     if not args.disposable and Path(args.inventory).resolve() != ROOT / "inventories" / "local":
         parser.error(f"{args.inventory} is not the local hosts; add --disposable to harm it")
