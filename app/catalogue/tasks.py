@@ -51,6 +51,18 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     re-driven message finds the row it wrote before (get_or_create), so nothing is ever stored
     twice; the history document's id is derived from it too."""
     product_id = payload["id"]
+    steps = (
+        Submission.objects.filter(pk=product_id)
+        .values_list("stored_at", "history_at", "indexed_at")
+        .first()
+    )
+    if steps and steps[0] and steps[1]:
+        # A duplicate: re-driven, or redelivered, while an earlier copy was still queued behind a
+        # backlog. The product is stored with its history; only a missing indexing is worth a
+        # message, so a backlog after an outage is not multiplied by image fetches.
+        if not steps[2]:
+            index_product.delay(product_id)
+        return {"id": product_id, "created": False}
     with transaction.atomic():
         product, created = Product.objects.get_or_create(
             id=product_id,

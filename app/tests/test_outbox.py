@@ -16,6 +16,7 @@ from catalogue.models import Event, Product, Submission
 GOOD = {"title": "Python Cookbook", "image_url": "https://example.org/cover.png"}
 INSERT = "catalogue.tasks.insert_product"
 INDEX = "catalogue.tasks.index_product"
+FETCH = "catalogue.tasks.fetch_image_metadata"
 
 
 def post(client, data, path="/api/products/"):
@@ -247,6 +248,25 @@ def test_a_stored_submission_with_its_history_is_only_indexed_again(broker):
     assert sent == {(INDEX, str(waiting.pk)), (INSERT, str(no_history.pk))}
     waiting.refresh_from_db()
     assert waiting.sends == 2
+
+
+@pytest.mark.django_db
+def test_a_duplicate_insert_of_a_stored_submission_queues_only_the_missing_indexing(
+    broker, fake_es, store, django_capture_on_commit_callbacks
+):
+    submission = recorded()
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.insert_product.run(submission.payload)
+    assert sorted(m.task for m in broker.drain()) == [FETCH, INDEX]
+    assert tasks.insert_product.run(submission.payload) == {
+        "id": str(submission.pk),
+        "created": False,
+    }
+    assert [(m.task, m.args[0]) for m in broker.drain()] == [(INDEX, str(submission.pk))]
+    tasks.index_product.run(str(submission.pk))
+    tasks.insert_product.run(submission.payload)
+    assert broker.drain() == []
+    assert Product.objects.filter(pk=submission.pk).count() == 1
 
 
 @pytest.mark.django_db
