@@ -8,6 +8,7 @@ from django.core.management import call_command
 
 from catalogue import autocomplete_cache, tasks
 from catalogue.search.client import ElasticsearchClient
+from tests.http_fakes import Reply, Session
 
 pytestmark = pytest.mark.django_db
 
@@ -116,25 +117,6 @@ def test_a_reindex_retires_cached_answers(client, fake_es, store, hot):
 def test_answers_are_keyed_by_generation_and_query_in_any_case():
     assert autocomplete_cache.key("Pyt", "g1") == autocomplete_cache.key("pyt", "g1")
     assert autocomplete_cache.key("pyt", "g1") != autocomplete_cache.key("pyt", "g2")
-
-
-class Reply:
-    def __init__(self, status, body):
-        self.status_code = status
-        self.content = b"{}"
-        self.text = "{}"
-        self._body = body
-
-    def json(self):
-        return self._body
-
-
-class Session:
-    def __init__(self, reply):
-        self.reply = reply
-
-    def request(self, method, url, **kwargs):
-        return self.reply
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from django.core.management import call_command
 from catalogue import autocomplete_cache
 from catalogue.search import mappings, queries
 from catalogue.search.client import ElasticsearchClient, SearchError, SearchUnavailable
+from tests.http_fakes import Reply, Session
 
 SUGGEST_PYTHN = {
     "spelling": [
@@ -156,27 +157,6 @@ def test_reindex_builds_a_new_index_and_swaps_the_alias_atomically(fake_es, stor
 
 
 # -- the REST layer itself, against a fake HTTP session ----------------------------------------
-class Reply:
-    def __init__(self, status, body):
-        self.status_code = status
-        self.content = json.dumps(body).encode()
-        self.text = self.content.decode()
-        self._body = body
-
-    def json(self):
-        return self._body
-
-
-class Session:
-    def __init__(self, reply):
-        self.reply = reply
-        self.sent = []
-
-    def request(self, method, url, **kwargs):
-        self.sent.append((method, url, kwargs))
-        if isinstance(self.reply, Exception):
-            raise self.reply
-        return self.reply
 
 
 def test_client_sends_json_with_timeout_and_parses_hits():

@@ -16,7 +16,6 @@ import argparse
 import json
 import re
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -143,27 +142,13 @@ class Stream:
 
 
 def host_of(pattern: str, inventory: str) -> list:
-    """testinfra hosts for an inventory pattern (group, group[0], or a host name)."""
+    """testinfra hosts for an inventory pattern: a group or host name, or group[N]."""
     group, _, index = pattern.partition("[")
-    listing = subprocess_json(["ansible-inventory", "-i", inventory, "--list"])
-    names = sorted(listing.get(group, {}).get("hosts", [])) or _children_hosts(listing, group)
+    hosts = testinfra.get_hosts([f"ansible://{group}"], ansible_inventory=inventory, sudo=True)
     if index:
-        names = names[int(index.rstrip("]")) : int(index.rstrip("]")) + 1]
-    return [
-        testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory, sudo=True)
-        for name in names
-    ]
-
-
-def _children_hosts(listing: dict, group: str) -> list[str]:
-    hosts: list[str] = []
-    for child in listing.get(group, {}).get("children", []):
-        hosts += listing.get(child, {}).get("hosts", []) or _children_hosts(listing, child)
-    return sorted(set(hosts))
-
-
-def subprocess_json(argv: list[str]) -> dict:
-    return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+        number = int(index.rstrip("]"))
+        hosts = hosts[number : number + 1]
+    return hosts
 
 
 def percentile(values: list[float], q: float) -> float:

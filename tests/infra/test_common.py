@@ -122,14 +122,19 @@ def _listen(host, port: int) -> None:
     assert wait_for(lambda: host.socket(f"tcp://0.0.0.0:{port}").is_listening, timeout=10)
 
 
-def test_firewall_opens_declared_ports_to_declared_sources_only(host, v, inventory_hosts):
-    if not v("common_firewall_enabled"):
-        pytest.skip("the firewall is disabled in this inventory")
-    rules = render(
+def firewall_rules(host) -> list[dict]:
+    """Every common_firewall_allowed* rule of this host, as the play renders them."""
+    return render(
         host,
         "query('ansible.builtin.vars', *query('ansible.builtin.varnames',"
         " '^common_firewall_allowed(_.+)?$')) | flatten(levels=1)",
     )
+
+
+def test_firewall_opens_declared_ports_to_declared_sources_only(host, v, inventory_hosts):
+    if not v("common_firewall_enabled"):
+        pytest.skip("the firewall is disabled in this inventory")
+    rules = firewall_rules(host)
     restricted = [r for r in rules if r["sources"] != ["any"] and r.get("proto", "tcp") == "tcp"]
     if not restricted:
         pytest.skip("no port on this host is restricted to some sources")
@@ -146,11 +151,7 @@ def test_firewall_opens_declared_ports_to_declared_sources_only(host, v, invento
 def test_a_port_open_to_anywhere_is_one_declared_so(host, v):
     if not v("common_firewall_enabled"):
         pytest.skip("the firewall is disabled in this inventory")
-    rules = render(
-        host,
-        "query('ansible.builtin.vars', *query('ansible.builtin.varnames',"
-        " '^common_firewall_allowed(_.+)?$')) | flatten(levels=1)",
-    )
+    rules = firewall_rules(host)
     public = {(r.get("proto", "tcp"), int(r["port"])) for r in rules if r["sources"] == ["any"]}
     table = host.check_output("nft list table inet stackkit")
     opened = {

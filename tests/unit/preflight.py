@@ -29,18 +29,11 @@ FACTS = {
 }
 
 
-def run_preflight(tmp_path: Path, role: str, variables: dict) -> subprocess.CompletedProcess:
-    play = [
-        {
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars": {"ansible_facts": FACTS},
-            "roles": [role],
-        }
-    ]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    (tmp_path / "vars.yml").write_text(yaml.safe_dump(variables))
+def run_play(directory: Path, play: list, variables: dict, *options: str):
+    """ansible-playbook on the controller with the kit's roles and configuration; the play and
+    its variables are written into `directory`."""
+    (directory / "play.yml").write_text(yaml.safe_dump(play))
+    (directory / "vars.yml").write_text(yaml.safe_dump(variables))
     env = {
         **os.environ,
         "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
@@ -51,18 +44,42 @@ def run_preflight(tmp_path: Path, role: str, variables: dict) -> subprocess.Comp
     }
     command = [
         str(Path(sys.executable).parent / "ansible-playbook"),
-        "--check",
-        "--tags",
-        f"{role}_preflight",
+        *options,
         "-i",
         "localhost,",
         "-e",
-        f"@{tmp_path / 'vars.yml'}",
-        str(tmp_path / "play.yml"),
+        f"@{directory / 'vars.yml'}",
+        str(directory / "play.yml"),
     ]
     return subprocess.run(
-        command, capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+        command, capture_output=True, text=True, env=env, cwd=directory, check=False
     )
+
+
+def tasks_play(role: str, tasks_from: str) -> list:
+    """A local play that runs one task file of a role."""
+    include = {"name": role, "tasks_from": tasks_from}
+    return [
+        {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "tasks": [{"name": tasks_from, "ansible.builtin.include_role": include}],
+        }
+    ]
+
+
+def run_preflight(tmp_path: Path, role: str, variables: dict) -> subprocess.CompletedProcess:
+    play = [
+        {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {"ansible_facts": FACTS},
+            "roles": [role],
+        }
+    ]
+    return run_play(tmp_path, play, variables, "--check", "--tags", f"{role}_preflight")
 
 
 def output(result: subprocess.CompletedProcess) -> str:

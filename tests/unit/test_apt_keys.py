@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from preflight import run_play, tasks_play
 
-ROOT = Path(__file__).resolve().parents[2]
 ROLES = {
     "elasticsearch": "elasticsearch_apt_key_fingerprint",
     "mongodb": "mongodb_apt_key_fingerprint",
@@ -63,19 +62,6 @@ def keys(tmp_path_factory) -> dict[str, tuple[str, Path]]:
 
 
 def run_apt_key(tmp_path: Path, role: str, key_file: Path, fingerprint: str):
-    play = [
-        {
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "tasks": [
-                {
-                    "name": "Signing key",
-                    "ansible.builtin.include_role": {"name": role, "tasks_from": "apt_key"},
-                }
-            ],
-        }
-    ]
     variables = {
         "ansible_python_interpreter": sys.executable,
         "mongodb_version": "7.0",
@@ -84,30 +70,7 @@ def run_apt_key(tmp_path: Path, role: str, key_file: Path, fingerprint: str):
         f"__{role}_apt_key": str(tmp_path / "trusted.asc"),
         f"__{role}_apt_key_download": str(tmp_path / ".download.unverified"),
     }
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    (tmp_path / "vars.yml").write_text(yaml.safe_dump(variables))
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
-    }
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-e",
-            f"@{tmp_path / 'vars.yml'}",
-            str(tmp_path / "play.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    return run_play(tmp_path, tasks_play(role, "apt_key"), variables)
 
 
 def changed(result) -> int:

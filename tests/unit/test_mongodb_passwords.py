@@ -9,16 +9,15 @@ virtualenv, the same driver the role's modules use.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from preflight import run_play, tasks_play
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = ROOT / ".cache/artifacts/mongod-standin"
@@ -74,19 +73,6 @@ def server(tmp_path):
 
 def converge(server, admin: str, app: str) -> tuple[int, str]:
     """Run the role's user tasks; return the number of changed tasks and the output."""
-    play = [
-        {
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "tasks": [
-                {
-                    "name": "Users",
-                    "ansible.builtin.include_role": {"name": "mongodb", "tasks_from": "users"},
-                }
-            ],
-        }
-    ]
     variables = {
         "ansible_python_interpreter": str(PYTHON),
         "mongodb_port": server["port"],
@@ -95,30 +81,7 @@ def converge(server, admin: str, app: str) -> tuple[int, str]:
         "mongodb_admin_password": admin,
         "mongodb_app_password": app,
     }
-    (server["dir"] / "play.yml").write_text(yaml.safe_dump(play))
-    (server["dir"] / "vars.yml").write_text(yaml.safe_dump(variables))
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
-    }
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-e",
-            f"@{server['dir'] / 'vars.yml'}",
-            str(server["dir"] / "play.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    result = run_play(server["dir"], tasks_play("mongodb", "users"), variables)
     out = result.stdout + result.stderr
     recap = re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)", out)
     assert recap, out
