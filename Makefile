@@ -58,10 +58,13 @@ demo: hosts-up artifacts ## bring the whole stack up on local hosts and say wher
 secrets: $(VENV)/.installed ## new encrypted vault.yml for INVENTORY=inventories/NAME (never overwrites)
 	$(PY) tests/secrets/make_vault.py $(INVENTORY)
 
+# The read-only checks only: safe on production. VERIFY_ARGS passes more to pytest, e.g.
+# VERIFY_ARGS="-m destructive" on an inventory that sets stackkit_disposable (else refused).
+VERIFY_ARGS ?= -m "not destructive"
 .PHONY: verify
-verify: bootstrap ## run the testinfra suites against INVENTORY
+verify: bootstrap ## read-only checks of INVENTORY (writes nothing, stops nothing, starts no listener)
 	$(ACTIVATE) pytest -p no:cacheprovider --connection=ansible --sudo \
-	  --ansible-inventory=$(INVENTORY) tests/infra
+	  --ansible-inventory=$(INVENTORY) $(VERIFY_ARGS) tests/infra
 
 .PHONY: bench
 bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strategy

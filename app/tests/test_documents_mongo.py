@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-
 from catalogue import documents
 
 STANDIN = Path(

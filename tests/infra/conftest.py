@@ -2,24 +2,35 @@
 
 Each suite targets one inventory group through ``testinfra_hosts`` and runs unchanged
 against a molecule scenario's hosts or any inventory (``make verify INVENTORY=...``).
-Expected values come from the inventory as Ansible renders it, falling back to the role's
-defaults, never from constants repeated here.
+Expected values are the variables a play would use on that host (tests/infra/playvars.py), never
+constants repeated here and never a default the play would not have rendered.
+
+Two kinds of checks share this harness. Read-only ones look at state and write nothing to any
+service, stop nothing and start no listener: `make verify` runs only those, on any inventory.
+Destructive ones are marked `destructive` (faults, writes, test deploys, backups, probe
+listeners); they run only against an inventory whose every host sets `stackkit_disposable: true`
+(the local hosts and molecule's scenarios do), and the run is refused before anything is touched
+otherwise.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import select
+import shlex
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import testinfra
-import yaml
+from fabric import Connection
+from playvars import DISPOSABLE, PlayVars
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "lint"))
@@ -29,38 +40,76 @@ from unit_security import APP_BOUND, DATA_BOUND  # noqa: E402
 EXPOSURE_BOUNDS = {"app": APP_BOUND, "data": DATA_BOUND}
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Molecule sets STACKKIT_TESTS to its scenario name and passes every suite's file
-    explicitly: keep only that role's suite."""
+    explicitly: keep only that role's suite. Then refuse destructive checks on hosts that the
+    inventory does not call disposable."""
     wanted = os.environ.get("STACKKIT_TESTS", "")
-    if not wanted:
+    if wanted:
+        names = {name.strip() for name in wanted.split(",")}
+        keep = [item for item in items if item.path.stem.removeprefix("test_") in names]
+        dropped = [item for item in items if item not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+    refuse_destructive_on_kept_hosts(config, items)
+
+
+def refuse_destructive_on_kept_hosts(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Runs after selection (-m, -k, STACKKIT_TESTS) and before any test: it reads the
+    inventory on the controller and contacts no host."""
+    destructive = [item.nodeid for item in items if item.get_closest_marker("destructive")]
+    if not destructive:
         return
-    names = {name.strip() for name in wanted.split(",")}
-    keep = [item for item in items if item.path.stem.removeprefix("test_") in names]
-    dropped = [item for item in items if item not in keep]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
+    inventory = inventory_of(config)
+    kept = PlayVars(inventory).not_disposable()
+    if kept:
+        raise pytest.UsageError(
+            f"refusing to run {len(destructive)} destructive checks (e.g. {destructive[0]}) "
+            f"against {inventory}: {', '.join(kept)} do not set {DISPOSABLE}: true. They stop "
+            "services, write data and deploy test builds. Run the read-only checks with "
+            "-m 'not destructive' (what `make verify` does), or set the variable only in an "
+            "inventory of hosts whose data may be lost."
+        )
 
 
-def role_defaults(role: str) -> dict:
-    return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+_RESOLVERS: dict[str, PlayVars] = {}
+
+
+def inventory_of(config: pytest.Config) -> str:
+    inventory = config.option.ansible_inventory
+    if not inventory:
+        raise pytest.UsageError("name the hosts with --ansible-inventory=PATH")
+    return inventory
+
+
+def playvars(host) -> PlayVars:
+    """The variable resolver of the host's inventory, one per run; it gathers each host's
+    facts (the setup module, read-only) the first time a role's variables need them."""
+    inventory = host.backend.ansible_inventory
+    if inventory not in _RESOLVERS:
+
+        def facts(hostname: str) -> dict:
+            peer = testinfra.get_host(
+                f"ansible://{hostname}", ansible_inventory=inventory, connection="ansible"
+            )
+            return peer.ansible("ansible.builtin.setup", check=False)
+
+        _RESOLVERS[inventory] = PlayVars(inventory, facts=facts)
+    return _RESOLVERS[inventory]
 
 
 def render(host, expression: str):
-    """Evaluate a Jinja expression with the host's inventory variables, as a play would."""
-    result = host.ansible(
-        "ansible.builtin.debug", f"msg={{{{ ({expression}) | to_json }}}}", check=False
-    )
-    if "msg" not in result:
-        raise AssertionError(f"cannot render {expression!r} for {host.backend.host}: {result}")
-    return json.loads(result["msg"])
+    """A Jinja expression with the host's inventory variables and facts (no role's defaults)."""
+    return playvars(host).render(host.backend.host, expression)
 
 
 def var_of(host, name: str, role: str):
-    """The value of a role variable for `host`: the inventory's, else the role default. Ask the
-    host the role runs on: another tier's group_vars are not visible from this one."""
-    return render(host, name) if render(host, f"{name} is defined") else role_defaults(role)[name]
+    """The value of a role variable for `host` as a play applying `role` there renders it;
+    an error if neither the role nor the inventory defines it. Ask the host the role runs on:
+    another tier's group_vars are not visible from this one."""
+    return playvars(host).value(host.backend.host, name, role)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +174,78 @@ def tcp_reachable_from_controller(address: str, port: int, timeout: float = 2) -
 def tcp_reachable_from(peer, address: str, port: int, timeout: int = 2) -> bool:
     probe = f"timeout {timeout} bash -c '</dev/tcp/{address}/{port}'"
     return peer.run(probe).rc == 0
+
+
+# Runs on a peer with the python3 every managed host has: one TCP connection from the peer,
+# its bytes carried over the SSH session's stdin and stdout.
+RELAY = """
+import os, select, socket, sys
+upstream = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+upstream.settimeout(None)
+while True:
+    ready = select.select([0, upstream], [], [])[0]
+    data = os.read(0, 65536) if 0 in ready else upstream.recv(65536)
+    if not data:
+        break
+    if 0 in ready:
+        upstream.sendall(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+"""
+
+
+@contextmanager
+def relay_from(peer, address: str, port: int):
+    """A loopback port on the controller whose connections reach address:port from `peer`, so
+    a client library on the controller is seen as that peer (its address, its firewall rules)
+    while the peer needs nothing the kit does not install. Each connection is a python3 relay
+    over SSH (an exec, not port forwarding, which a hardened sshd may refuse)."""
+    key = render(
+        peer, "ansible_ssh_private_key_file | default(ansible_private_key_file | default(''))"
+    )
+    ssh = Connection(
+        address_of(peer),
+        user=render(peer, "ansible_user | default('')") or None,
+        port=int(render(peer, "ansible_port | default(22)")),
+        connect_kwargs={"key_filename": key} if key else {},
+    )
+    ssh.open()
+    listener = socket.create_server(("127.0.0.1", 0))
+    command = f"python3 -c {shlex.quote(RELAY)} {shlex.quote(address)} {port}"
+    threads: list[threading.Thread] = []
+
+    def carry(client: socket.socket) -> None:
+        channel = ssh.client.get_transport().open_session()
+        channel.exec_command(command)
+        with client, channel:
+            while True:
+                ready = select.select([client, channel], [], [], 30)[0]
+                if not ready:
+                    continue
+                data = client.recv(65536) if client in ready else channel.recv(65536)
+                if not data:
+                    return
+                (channel if client in ready else client).sendall(data)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=carry, args=(client,), daemon=True)
+            thread.start()
+            threads.append(thread)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        ssh.close()
+        for thread in threads:
+            thread.join(timeout=5)
 
 
 def main_pid(host, service: str) -> int:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.destructive
 
 
 def test_no_accepted_product_is_lost_through_a_short_fault_round(pytestconfig):

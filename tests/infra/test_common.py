@@ -1,9 +1,15 @@
 """The common role, on every host: packages, locale, time, deploy user, sshd, journald,
-unattended upgrades, the nftables firewall and kernel settings."""
+unattended upgrades, the nftables firewall and kernel settings.
+
+The firewall checks probe ports from other hosts of the inventory and from the controller.
+Ports that something already serves are probed as they are (read-only); a port nothing serves is
+probed with a listener of the test's own, which makes those checks destructive."""
 
 from __future__ import annotations
 
 import re
+import shlex
+from contextlib import contextmanager
 
 import pytest
 from conftest import (
@@ -110,16 +116,40 @@ def test_firewall_is_active_and_drops_by_default(host, v):
     assert "hook input priority filter; policy drop;" in table
 
 
-def _listen(host, port: int) -> None:
-    """Start a throwaway listener unless something already serves the port."""
-    if host.socket(f"tcp://0.0.0.0:{port}").is_listening:
-        return
-    host.run(f"systemctl stop stackkit-probe-{port} || true")
-    host.check_output(
-        f"systemd-run --unit stackkit-probe-{port} --property RuntimeMaxSec=300 "
-        f"python3 -m http.server {port} --bind 0.0.0.0"
-    )
-    assert wait_for(lambda: host.socket(f"tcp://0.0.0.0:{port}").is_listening, timeout=10)
+# Accepts connections and closes each at once: it serves nothing, reads nothing.
+PROBE_LISTENER = (
+    "import socket, sys\n"
+    "s = socket.socket()\n"
+    "s.bind((sys.argv[1], int(sys.argv[2])))\n"
+    "s.listen(16)\n"
+    "while True:\n"
+    "    s.accept()[0].close()\n"
+)
+
+
+@contextmanager
+def probe_listener(host, address: str, port: int):
+    """A listener on address:port for the length of one probe, as `nobody` in a transient unit
+    that systemd ends after a minute at the latest; stopped on the way out whatever happens."""
+    unit = f"stackkit-probe-{port}"
+    host.run(f"systemctl stop {unit}")
+    # Ports below 1024 need the one capability to bind, and nothing else.
+    bind = " --property AmbientCapabilities=CAP_NET_BIND_SERVICE" if port < 1024 else ""
+    try:
+        host.check_output(
+            f"systemd-run --unit {unit} --uid nobody --gid nogroup --property RuntimeMaxSec=60"
+            f"{bind} --property NoNewPrivileges=yes python3 -c {shlex.quote(PROBE_LISTENER)} "
+            f"{address} {port}"
+        )
+        listening = lambda: host.socket(f"tcp://{address}:{port}").is_listening  # noqa: E731
+        assert wait_for(listening, timeout=10), f"the probe listener never bound {port}"
+        yield
+    finally:
+        host.run(f"systemctl stop {unit}")
+
+
+def served(host, address: str, port: int) -> bool:
+    return any(host.socket(f"tcp://{bound}:{port}").is_listening for bound in (address, "0.0.0.0"))
 
 
 def firewall_rules(host) -> list[dict]:
@@ -131,21 +161,44 @@ def firewall_rules(host) -> list[dict]:
     )
 
 
-def test_firewall_opens_declared_ports_to_declared_sources_only(host, v, inventory_hosts):
+def restricted_rules(host, v) -> list[dict]:
     if not v("common_firewall_enabled"):
         pytest.skip("the firewall is disabled in this inventory")
     rules = firewall_rules(host)
     restricted = [r for r in rules if r["sources"] != ["any"] and r.get("proto", "tcp") == "tcp"]
     if not restricted:
         pytest.skip("no port on this host is restricted to some sources")
+    return restricted
+
+
+def assert_open_to_its_sources_only(host, rule: dict, inventory_hosts) -> None:
+    target, port = address_of(host), int(rule["port"])
+    peers = [p for p in inventory_hosts("all") if address_of(p) in rule["sources"]]
+    assert peers, f"no inventory host is among the sources of {rule}"
+    assert tcp_reachable_from(peers[0], target, port), f"{port} closed to a declared source"
+    assert not tcp_reachable_from_controller(target, port), f"{port} open to the controller"
+
+
+def test_firewall_opens_served_ports_to_declared_sources_only(host, v, inventory_hosts):
+    """Read-only: the restricted ports something already listens on."""
+    rules = [r for r in restricted_rules(host, v) if served(host, address_of(host), r["port"])]
+    if not rules:
+        pytest.skip("nothing listens on this host's restricted ports")
+    for rule in rules:
+        assert_open_to_its_sources_only(host, rule, inventory_hosts)
+
+
+@pytest.mark.destructive
+def test_firewall_opens_unserved_ports_to_declared_sources_only(host, v, inventory_hosts):
+    """The restricted ports nothing listens on yet (a tier still to come), each probed with a
+    listener of its own."""
     target = address_of(host)
-    for rule in restricted:
-        port = int(rule["port"])
-        _listen(host, port)
-        peers = [p for p in inventory_hosts("all") if address_of(p) in rule["sources"]]
-        assert peers, f"no inventory host is among the sources of {rule}"
-        assert tcp_reachable_from(peers[0], target, port), f"{port} closed to a declared source"
-        assert not tcp_reachable_from_controller(target, port), f"{port} open to the controller"
+    rules = [r for r in restricted_rules(host, v) if not served(host, target, r["port"])]
+    if not rules:
+        pytest.skip("every restricted port of this host is served")
+    for rule in rules:
+        with probe_listener(host, target, int(rule["port"])):
+            assert_open_to_its_sources_only(host, rule, inventory_hosts)
 
 
 def test_a_port_open_to_anywhere_is_one_declared_so(host, v):
@@ -161,20 +214,19 @@ def test_a_port_open_to_anywhere_is_one_declared_so(host, v):
     assert opened - {("tcp", int(v("common_sshd_port")))} == public
 
 
+@pytest.mark.destructive
 def test_undeclared_port_is_closed_from_another_host(host, v, inventory_hosts):
     if not v("common_firewall_enabled"):
         pytest.skip("the firewall is disabled in this inventory")
     port = 18081  # declared by no role
-    _listen(host, port)
-    try:
-        assert tcp_reachable_from(host, "127.0.0.1", port), "the probe listener is not serving"
-        target = address_of(host)
-        others = [p for p in inventory_hosts("all") if address_of(p) != target]
+    target = address_of(host)
+    others = [p for p in inventory_hosts("all") if address_of(p) != target]
+    with probe_listener(host, target, port):
+        assert tcp_reachable_from(host, target, port), "the probe listener is not serving"
         for peer in others[:2]:
             assert not tcp_reachable_from(peer, target, port)
         assert not tcp_reachable_from_controller(target, port)
-    finally:
-        host.run(f"systemctl stop stackkit-probe-{port}")
+    assert not host.socket(f"tcp://{target}:{port}").is_listening, "the probe outlived the test"
 
 
 def test_kernel_settings_are_written_and_applied_where_possible(host, v):

@@ -15,6 +15,7 @@ from conftest import ROOT, address_of, render
 
 testinfra_hosts = ["ansible://web"]
 ROLE = "app"
+pytestmark = pytest.mark.destructive  # every test deploys
 STYLESHEET = "catalogue/catalogue.css"
 
 

@@ -150,6 +150,7 @@ def test_server_is_not_root_and_has_at_least_the_configured_open_files(host, v):
     assert problems == []
 
 
+@pytest.mark.destructive
 def test_that_check_fails_for_a_root_process_under_low_limits(host, v):
     """The check above is not vacuous: a process as root with 1024 open files fails it."""
     unit = "stackkit-root-probe"
@@ -244,6 +245,7 @@ def test_listens_on_the_private_address_and_loopback_only(host, v):
     assert f"{address_of(host)}:{port}" in wanted
 
 
+@pytest.mark.destructive
 def test_app_user_authenticates_inserts_and_reads_back(host, v):
     result = mongo(
         host,

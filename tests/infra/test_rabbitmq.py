@@ -1,48 +1,23 @@
 """The rabbitmq role, on the broker hosts: private AMQP listener, no guest, an app user
-confined to its vhost, durable messages across restarts, limits of the running broker."""
+confined to its vhost, durable messages across restarts, limits of the running broker.
+
+Logins are tried from an app host (read-only); declaring, publishing and consuming queues and
+restarting the broker are marked destructive."""
 
 from __future__ import annotations
 
-import base64
 import json
 import shlex
 
+import pika
 import pytest
-from conftest import address_of, assert_sandboxed, main_pid, wait_for
+from conftest import address_of, assert_sandboxed, main_pid, relay_from, wait_for
 
 testinfra_hosts = ["ansible://broker"]
 ROLE = "rabbitmq"
 # RabbitMQ reads kB/MB/GB as powers of 1000 and k/M/G/kiB/MiB/GiB as powers of 1024.
 UNITS = {"": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "k": 2**10, "kiB": 2**10}
 UNITS |= {"M": 2**20, "MiB": 2**20, "G": 2**30, "GiB": 2**30}
-
-# Runs on an app host with python3-pika; prints one JSON object.
-CLIENT = """
-import json, os, sys
-import pika
-address, port, user, vhost, action, queue = sys.argv[1:7]
-try:
-    connection = pika.BlockingConnection(pika.ConnectionParameters(
-        host=address, port=int(port), virtual_host=vhost,
-        credentials=pika.PlainCredentials(user, os.environ["AMQP_PASSWORD"]),
-        connection_attempts=1, socket_timeout=5, blocked_connection_timeout=5))
-except Exception as error:
-    print(json.dumps({"connected": False, "error": f"{type(error).__name__}: {error}"}))
-    sys.exit(0)
-channel = connection.channel()
-channel.confirm_delivery()
-channel.queue_declare(queue=queue, durable=True)
-result = {"connected": True}
-if action in ("publish", "roundtrip"):
-    channel.basic_publish("", queue, f"stackkit {queue}".encode(),
-                          pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
-                          mandatory=True)
-if action in ("consume", "roundtrip"):
-    method, properties, body = channel.basic_get(queue, auto_ack=True)
-    result["body"] = body.decode() if body else None
-connection.close()
-print(json.dumps(result))
-"""
 
 
 @pytest.fixture
@@ -54,23 +29,41 @@ def app_host(inventory_hosts):
 
 
 def amqp(peer, broker, v, action: str, queue: str, user=None, password=None, vhost=None):
-    """Connect from an app host to the broker's private address and run one action."""
-    script = base64.b64encode(CLIENT.encode()).decode()
-    args = [
-        address_of(broker),
-        str(v("rabbitmq_amqp_port")),
-        user or v("rabbitmq_app_user"),
-        vhost or v("rabbitmq_vhost"),
-        action,
-        queue,
-    ]
+    """One action as a client on an app host: pika runs on the controller, its connection
+    leaves from the peer to the broker's private address (the app hosts need no AMQP tool)."""
     secret = password if password is not None else v("rabbitmq_app_password")
-    command = (
-        f"echo {script} | base64 -d > /tmp/stackkit-amqp.py && "
-        f"AMQP_PASSWORD={shlex.quote(secret)} python3 /tmp/stackkit-amqp.py "
-        + " ".join(shlex.quote(a) for a in args)
-    )
-    return json.loads(peer.check_output(command))
+    with relay_from(peer, address_of(broker), v("rabbitmq_amqp_port")) as port:
+        try:
+            connection = pika.BlockingConnection(
+                pika.ConnectionParameters(
+                    host="127.0.0.1",
+                    port=port,
+                    virtual_host=vhost or v("rabbitmq_vhost"),
+                    credentials=pika.PlainCredentials(user or v("rabbitmq_app_user"), secret),
+                    connection_attempts=1,
+                    socket_timeout=10,
+                    blocked_connection_timeout=10,
+                )
+            )
+        except pika.exceptions.AMQPError as error:
+            return {"connected": False, "error": f"{type(error).__name__}: {error}"}
+        result: dict = {"connected": True}
+        try:
+            if action == "connect":
+                return result
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.queue_declare(queue=queue, durable=True)
+            if action in ("publish", "roundtrip"):
+                properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+                body = f"stackkit {queue}".encode()
+                channel.basic_publish("", queue, body, properties, mandatory=True)
+            if action in ("consume", "roundtrip"):
+                _, _, body = channel.basic_get(queue, auto_ack=True)
+                result["body"] = body.decode() if body else None
+            return result
+        finally:
+            connection.close()
 
 
 def ctl(host, *args: str):
@@ -117,6 +110,7 @@ def test_guest_user_is_gone_and_cannot_log_in(host, v, app_host):
     assert "Authentication" in result["error"] or "ACCESS_REFUSED" in result["error"]
 
 
+@pytest.mark.destructive
 def test_app_user_publishes_and_consumes_on_its_vhost(host, v, app_host):
     result = amqp(app_host, host, v, "roundtrip", "stackkit.probe.roundtrip")
     assert result == {"connected": True, "body": "stackkit stackkit.probe.roundtrip"}
@@ -135,15 +129,21 @@ def test_app_user_has_permissions_on_its_vhost_only(host, v):
     assert tags == [[]]
 
 
-def test_queues_of_the_vhost_default_to_the_configured_type(host, v, app_host):
+def test_the_vhost_defaults_to_the_configured_queue_type(host, v):
     wanted = v("rabbitmq_vhost_default_queue_type")
     vhosts = {d["name"]: d for d in ctl(host, "list_vhosts", "name", "default_queue_type")}
     assert vhosts[v("rabbitmq_vhost")]["default_queue_type"] == wanted
+
+
+@pytest.mark.destructive
+def test_a_queue_declared_without_a_type_gets_the_vhost_default(host, v, app_host):
+    wanted = v("rabbitmq_vhost_default_queue_type")
     amqp(app_host, host, v, "connect", "stackkit.probe.type")
     queues = ctl(host, "list_queues", "-p", shlex.quote(v("rabbitmq_vhost")), "name", "type")
     assert {q["name"]: q["type"] for q in queues}["stackkit.probe.type"] == wanted
 
 
+@pytest.mark.destructive
 def test_persistent_message_survives_a_restart(host, v, app_host):
     queue = "stackkit.probe.durable"
     assert amqp(app_host, host, v, "publish", queue)["connected"]

@@ -87,7 +87,9 @@ def test_unauthenticated_ping_is_refused(host, v):
 
 
 def test_wrong_password_is_refused(host, v):
+    """Refused by the server, not merely unanswered: the reply names the wrong password."""
     out = cli(host, v, "PING", user=v("redis_app_user"), password="not-the-password")
+    assert "WRONGPASS" in out.stdout + out.stderr, out.stdout + out.stderr
     assert "PONG" not in out.stdout
 
 
@@ -96,20 +98,25 @@ def test_authenticated_ping_works_for_admin_and_app(host, v):
     assert app(host, v, "PING").stdout.strip() == "PONG"
 
 
+@pytest.mark.destructive
 def test_app_user_can_read_and_write_keys(host, v):
     assert app(host, v, "SET", "stackkit:probe", "42", "EX", "60").stdout.strip() == "OK"
     assert app(host, v, "GET", "stackkit:probe").stdout.strip() == "42"
 
 
+# Commands that would harm a server whose ACL let them through run on disposable hosts only.
+HARMFUL = pytest.mark.destructive
+
+
 @pytest.mark.parametrize(
     "command",
     [
-        ("FLUSHALL",),
-        ("FLUSHDB",),
+        pytest.param(("FLUSHALL",), marks=HARMFUL),
+        pytest.param(("FLUSHDB",), marks=HARMFUL),
         ("CONFIG", "GET", "maxmemory"),
-        ("CONFIG", "SET", "maxmemory", "0"),
-        ("DEBUG", "SLEEP", "0"),
-        ("SHUTDOWN", "NOSAVE"),
+        pytest.param(("CONFIG", "SET", "maxmemory", "0"), marks=HARMFUL),
+        pytest.param(("DEBUG", "SLEEP", "0"), marks=HARMFUL),
+        pytest.param(("SHUTDOWN", "NOSAVE"), marks=HARMFUL),
         ("ACL", "LIST"),
     ],
     ids=lambda c: " ".join(c),
@@ -159,6 +166,7 @@ def test_config_file_is_private_and_holds_no_clear_password(host, v):
     assert v("redis_app_password") not in config.content_string
 
 
+@pytest.mark.destructive
 def test_server_cannot_rewrite_its_own_configuration(host, v):
     """Even the admin's CONFIG REWRITE fails: /etc/redis is read-only to the server, so the
     ACL users in redis.conf change only through the role."""

@@ -16,7 +16,7 @@ from conftest import (
     assert_sandboxed,
     main_pid,
     process_limits,
-    render,
+    tcp_reachable_from,
     tcp_reachable_from_controller,
     wait_for,
 )
@@ -126,7 +126,11 @@ def test_gunicorn_listens_on_the_private_address_only(host, v):
 
 
 def test_gunicorn_is_not_reachable_from_outside_the_web_tier(host, v):
-    assert not tcp_reachable_from_controller(address_of(host), v("gunicorn_port"))
+    """Closed to the controller, yet open on the private address (else "not reachable" would
+    pass for a gunicorn that is down)."""
+    address, port = address_of(host), v("gunicorn_port")
+    assert tcp_reachable_from(host, address, port), "gunicorn does not answer at all"
+    assert not tcp_reachable_from_controller(address, port)
 
 
 def test_open_files_limit_reaches_gunicorn(host, v):
@@ -140,8 +144,9 @@ def test_release_code_cannot_be_changed_by_the_app_account(host, app_var):
     release = host.file(live.linked_to)
     assert release.user == "root"
     assert release.mode == 0o755
-    probe = host.run(f"sudo -u {app_var('app_user')} touch {live.linked_to}/probe")
-    assert probe.rc != 0
+    # access(2) answers without writing anything, whatever the answer.
+    probe = host.run(f"sudo -u {app_var('app_user')} test -w {live.linked_to}")
+    assert probe.rc == 1, probe.stderr
 
 
 def test_environment_file_is_readable_by_the_app_group_only(host, app_var):
@@ -178,7 +183,9 @@ def test_nginx_serves_static_files_from_the_release(host, nginx_var):
 
 def test_every_web_host_is_an_upstream(host, nginx_var):
     site = host.file(f"/etc/nginx/sites-available/{nginx_var('nginx_site_name')}.conf")
-    for server in render(host, "nginx_upstream_servers"):
+    servers = nginx_var("nginx_upstream_servers")
+    assert servers, "no upstream server in the inventory"
+    for server in servers:
         assert f"server {server} " in site.content_string
 
 

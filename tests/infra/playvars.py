@@ -1,0 +1,126 @@
+"""Variables of an inventory host as a play that applies one role sees them.
+
+Ansible's own loader, inventory and variable manager do the work: the role's defaults and vars,
+the inventory's group_vars and host_vars, vault-encrypted values (the password comes from
+ANSIBLE_VAULT_PASSWORD_FILE, as for ansible-playbook) and the host's facts, each at the
+precedence Ansible gives it, rendered by Ansible's templating. A variable that none of them
+defines, or that renders through an undefined one, is an error: a check never compares a host
+against a value the play did not use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+from ansible.errors import AnsibleError
+from ansible.inventory.manager import InventoryManager
+from ansible.parsing.dataloader import DataLoader
+from ansible.parsing.vault import get_file_vault_secret
+from ansible.playbook.play import Play
+from ansible.plugins.loader import init_plugin_loader
+from ansible.template import Templar, trust_as_template
+from ansible.vars.hostvars import HostVars
+from ansible.vars.manager import VariableManager
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+# The variable an inventory sets on its hosts to let the destructive checks run there.
+DISPOSABLE = "stackkit_disposable"
+
+
+@cache
+def _init_plugins() -> None:
+    """What the ansible CLIs do first (once per process): the modules roles name resolve."""
+    init_plugin_loader()
+
+
+class UnresolvedVariable(AssertionError):
+    """A variable the play would not have a value for."""
+
+
+class PlayVars:
+    def __init__(
+        self,
+        inventory: str,
+        facts: Callable[[str], dict] | None = None,
+        vault_password_file: str | None = None,
+    ) -> None:
+        """`facts(hostname)` returns the host's facts as the setup module reports them; it is
+        called once per host, the first time a role's variables are asked for."""
+        _init_plugins()
+        self.loader = DataLoader()
+        password_file = vault_password_file or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
+        if password_file:
+            secret = get_file_vault_secret(filename=password_file, loader=self.loader)
+            secret.load()
+            self.loader.set_vault_secrets([("default", secret)])
+        self.inventory = InventoryManager(loader=self.loader, sources=[inventory])
+        self.manager = VariableManager(loader=self.loader, inventory=self.inventory)
+        HostVars(inventory=self.inventory, variable_manager=self.manager, loader=self.loader)
+        self._facts = facts
+        self._gathered: set[str] = set()
+        self._plays: dict[tuple[str, str | None], Play] = {}
+
+    def hostnames(self, pattern: str = "all") -> list[str]:
+        return [h.name for h in self.inventory.get_hosts(pattern)]
+
+    def _play(self, hostname: str, role: str | None) -> Play:
+        key = (hostname, role)
+        if key not in self._plays:
+            data = {"name": "variables", "hosts": hostname, "gather_facts": False}
+            if role:
+                if not (ROLES / role).is_dir():
+                    raise UnresolvedVariable(f"no role {role!r} under {ROLES}")
+                data["roles"] = [{"role": str(ROLES / role)}]
+            self._plays[key] = Play.load(data, variable_manager=self.manager, loader=self.loader)
+        return self._plays[key]
+
+    def _templar(self, hostname: str, role: str | None, with_facts: bool) -> Templar:
+        host = self.inventory.get_host(hostname)
+        if host is None:
+            raise UnresolvedVariable(f"{hostname} is not in the inventory")
+        if with_facts and self._facts and hostname not in self._gathered:
+            self.manager.set_host_facts(hostname, clean_facts(self._facts(hostname)))
+            self._gathered.add(hostname)
+        variables = self.manager.get_vars(play=self._play(hostname, role), host=host)
+        return Templar(loader=self.loader, variables=variables)
+
+    def value(self, hostname: str, name: str, role: str | None = None):
+        """`name` for `hostname` as a play applying `role` renders it."""
+        templar = self._templar(hostname, role, with_facts=True)
+        if name not in templar.available_variables:
+            source = f"role {role}'s defaults, its vars or " if role else ""
+            raise UnresolvedVariable(
+                f"{name} is not defined for {hostname} by {source}the inventory"
+            )
+        try:
+            return templar.template(templar.available_variables[name])
+        except AnsibleError as error:
+            raise UnresolvedVariable(f"{name} cannot be rendered for {hostname}: {error}") from None
+
+    def render(self, hostname: str, expression: str, role: str | None = None, facts=True):
+        """A Jinja expression evaluated with the host's variables (and `role`'s, if named)."""
+        templar = self._templar(hostname, role, with_facts=facts)
+        try:
+            return templar.evaluate_expression(trust_as_template(expression))
+        except AnsibleError as error:
+            raise UnresolvedVariable(
+                f"{expression!r} cannot be rendered for {hostname}: {error}"
+            ) from None
+
+    def not_disposable(self) -> list[str]:
+        """Hosts whose inventory does not set stackkit_disposable to true (no facts needed)."""
+        return [
+            name
+            for name in self.hostnames()
+            if self.render(name, f"{DISPOSABLE} | default(false) | bool", facts=False) is not True
+        ]
+
+
+def clean_facts(result: dict) -> dict:
+    """The setup module's `ansible_facts` as Ansible stores them: without the prefix (they are
+    then seen both as ansible_facts.NAME and, injected, as ansible_NAME)."""
+    facts = result.get("ansible_facts", result)
+    return {key.removeprefix("ansible_"): value for key, value in facts.items()}

@@ -1,0 +1,128 @@
+"""`make verify` leaves the data alone: run against the hosts while the app serves (read-only)
+traffic, every read-only check of every suite runs, and afterwards the catalogue's data are
+byte for byte what they were: PostgreSQL's rows, MongoDB's documents, the queues' depths, the
+backup files and the releases on the web hosts.
+
+Each snapshot is a checksum taken on the host that holds the data, with the kit's own tools
+(pg_dump, rabbitmqctl, the app's management shell, find and readlink). Molecule's stack
+scenario runs it; it is marked destructive only to keep it out of the run it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+from conftest import ROOT, address_of, var_of, wait_for
+
+pytestmark = pytest.mark.destructive
+
+# Every document of the app's database, in a stable order.
+MONGO_DUMP = (
+    "import hashlib, json, pymongo; from django.conf import settings as s; "
+    "c = pymongo.MongoClient(s.MONGODB_HOST, s.MONGODB_PORT, username=s.MONGODB_USER, "
+    "password=s.MONGODB_PASSWORD, authSource=s.MONGODB_AUTH_SOURCE); d = c[s.MONGODB_DB]; "
+    "docs = {n: sorted(json.dumps(x, sort_keys=True, default=str) for x in d[n].find()) "
+    "for n in sorted(d.list_collection_names())}; "
+    "print(sum(map(len, docs.values())), "
+    "hashlib.sha256(json.dumps(docs).encode()).hexdigest())"
+)
+
+
+def snapshot(inventory_hosts) -> dict[str, str]:
+    """What must not change, one checksum (or small listing) per kind of data and host."""
+    state: dict[str, str] = {}
+    app = inventory_hosts("app")[0]
+    database = var_of(app, "app_postgres_db", "app")
+    for db in inventory_hosts("db"):
+        state[f"rows@{db.backend.host}"] = db.check_output(
+            f"runuser -u postgres -- pg_dump --data-only {shlex.quote(database)} | sha256sum"
+        )
+        state[f"products@{db.backend.host}"] = db.check_output(
+            f"runuser -u postgres -- psql -X -At -d {shlex.quote(database)}"
+            " -c 'SELECT count(*) FROM catalogue_product'"
+        )
+        backups = var_of(db, "postgresql_backup_dir", "postgresql")
+        state[f"backups@{db.backend.host}"] = db.check_output(
+            f"find {shlex.quote(backups)} -type f -printf '%P %s %T@\\n' | sort | sha256sum"
+        )
+    for broker in inventory_hosts("broker"):
+        vhost = var_of(broker, "rabbitmq_vhost", "rabbitmq")
+        state[f"queues@{broker.backend.host}"] = broker.check_output(
+            f"rabbitmqctl -q list_queues -p {shlex.quote(vhost)} name messages"
+            " --no-table-headers | sort"
+        )
+    state["documents"] = app.check_output(
+        f"catalogue-manage shell --verbosity 0 -c {shlex.quote(MONGO_DUMP)}"
+    )
+    for web in inventory_hosts("web"):
+        root = var_of(web, "app_root", "app")
+        state[f"releases@{web.backend.host}"] = web.check_output(
+            f"cd {shlex.quote(root)} && readlink current previous || true; "
+            "find releases -maxdepth 1 -printf '%P %T@\\n' | sort | sha256sum"
+        )
+    return state
+
+
+class Traffic(threading.Thread):
+    """Reads, as a visitor does, until stopped: the page, health, readiness and search."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.statuses: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        paths = ("/", "/healthz", "/readyz", "/api/search?q=lamp")
+        with requests.Session() as http:
+            while not self.stop.is_set():
+                for path in paths:
+                    try:
+                        self.statuses.append(http.get(self.base + path, timeout=10).status_code)
+                    except requests.RequestException:
+                        self.statuses.append(0)
+                self.stop.wait(0.2)
+
+
+def test_make_verify_under_traffic_leaves_every_byte_of_data_as_it_was(
+    pytestconfig, inventory_hosts
+):
+    web = inventory_hosts("web")[0]
+    base = f"http://{address_of(web)}:{var_of(web, 'nginx_listen_port', 'nginx')}"
+    assert wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).ok, timeout=120)
+    before = snapshot(inventory_hosts)
+
+    inventory = pytestconfig.option.ansible_inventory
+    traffic = Traffic(base)
+    traffic.start()
+    environment = {k: v for k, v in os.environ.items() if k != "STACKKIT_TESTS"}
+    started = time.monotonic()
+    try:
+        verify = subprocess.run(
+            ["make", "-C", str(ROOT), "verify", f"INVENTORY={inventory}"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=False,
+        )
+    finally:
+        traffic.stop.set()
+        traffic.join(timeout=30)
+    print(verify.stdout[-3000:])
+    print(f"make verify took {time.monotonic() - started:.0f} s; {len(traffic.statuses)} reads")
+
+    after = snapshot(inventory_hosts)
+    changed = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
+    assert not changed, f"make verify changed data: {changed}"
+    assert after.keys() == before.keys()
+    assert traffic.statuses, "no traffic was served meanwhile"
+    assert set(traffic.statuses) == {200}, f"reads failed meanwhile: {set(traffic.statuses)}"
+    assert " passed" in verify.stdout, verify.stdout[-3000:]
+    assert verify.returncode == 0, verify.stdout[-5000:] + verify.stderr[-2000:]
