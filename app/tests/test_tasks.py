@@ -73,11 +73,26 @@ def test_index_task_creates_alias_then_indexes_and_records_event(fake_es, store)
     assert Event.objects.filter(product_id=payload["id"], kind="indexed").count() == 1
 
 
-def test_index_task_retries_without_limit_while_elasticsearch_or_postgresql_is_down():
-    task = tasks.index_product
-    assert task.max_retries is None
-    assert task.autoretry_for == (tasks.SearchUnavailable, *tasks.DATABASE_OUTAGE)
-    assert task.retry_backoff and task.retry_jitter
+def test_index_task_retries_without_limit_while_elasticsearch_or_postgresql_is_down(
+    monkeypatch, fake_es, store, broker
+):
+    """More failed attempts than Celery's default limit of 3, then Elasticsearch answers: the
+    task kept retrying and indexes the product (eagerly run, so retries follow at once)."""
+    payload = submission()
+    tasks.insert_product.run(payload)
+    index_document = fake_es.index_document
+    failures = iter([tasks.SearchUnavailable("down")] * 4 + [tasks.OperationalError("gone")] * 2)
+
+    def flaky(*args):
+        if (error := next(failures, None)) is not None:
+            raise error
+        return index_document(*args)
+
+    monkeypatch.setattr(fake_es, "index_document", flaky)
+    result = tasks.index_product.apply(args=[payload["id"]])
+    assert result.get() == {"id": payload["id"], "indexed": True}
+    assert next(failures, None) is None  # every failure was met and retried
+    assert payload["id"] in fake_es.documents
 
 
 def test_reconcile_enqueues_missing_and_stale_documents(fake_es, store, broker):
@@ -146,13 +161,18 @@ def test_image_fetch_retries_transient_failures_with_capped_backoff(
     monkeypatch.setattr(
         imagefetch, "fetch", lambda url, **kw: imagefetch.FetchResult("unreachable", True, url)
     )
-    monkeypatch.setattr(tasks, "backoff_delay", lambda attempt, base, cap: min(cap, base**attempt))
     product_id = stored_product(store)
+    ceilings = backoff_ceilings(3, base=2, cap=5)  # [2, 4, 5]
     for attempt in range(3):
         task = FakeTask(attempt)
         with pytest.raises(FakeTask.Retry):
             tasks.fetch_image_metadata.run.__func__(task, product_id)
-        assert task.retried == [(min(5, 2**attempt), 3)]
+        [(countdown, max_retries)] = task.retried
+        assert 0 <= countdown <= ceilings[attempt], (attempt, countdown)
+        assert max_retries == 3
+    fetches = [d for d in store.history(product_id) if d["kind"] == "image_fetch"]
+    assert [d["attempt"] for d in fetches] == [0, 1, 2]
+    assert {d["data"]["outcome"] for d in fetches} == {"unreachable"}
     assert Product.objects.get(id=product_id).image_status == ImageStatus.PENDING
 
 

@@ -1,4 +1,6 @@
-"""Static checks of every role: the shape STYLE.md asks for, cheap enough to run first."""
+"""Static checks of every role: the rooms every role has (defaults, meta, argument_specs,
+preflight), defaults in step with argument_specs, managed headers, scored units, no role
+dependencies. Cheap enough to run first."""
 
 from __future__ import annotations
 
