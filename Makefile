@@ -63,6 +63,10 @@ verify: bootstrap ## run the testinfra suites against INVENTORY
 	$(ACTIVATE) pytest -p no:cacheprovider --connection=ansible --sudo \
 	  --ansible-inventory=$(INVENTORY) tests/infra
 
+.PHONY: audit
+audit: bootstrap ## Lynis hardening index and unit exposure of every host of INVENTORY
+	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/audit.yml
+
 .PHONY: bench
 bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strategy
 	$(ACTIVATE) python tests/bench/converge.py --inventory $(INVENTORY)
