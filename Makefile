@@ -66,6 +66,10 @@ verify: bootstrap ## read-only checks of INVENTORY (writes nothing, stops nothin
 	$(ACTIVATE) pytest -p no:cacheprovider --connection=ansible --sudo \
 	  --ansible-inventory=$(INVENTORY) $(VERIFY_ARGS) tests/infra
 
+.PHONY: audit
+audit: bootstrap ## Lynis hardening index and unit exposure of every host of INVENTORY
+	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/audit.yml
+
 .PHONY: bench
 bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strategy
 	$(ACTIVATE) python tests/bench/converge.py --inventory $(INVENTORY)

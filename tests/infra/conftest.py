@@ -15,6 +15,7 @@ otherwise.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import select
@@ -25,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -150,8 +152,47 @@ def in_container(host) -> bool:
     return host.run("systemd-detect-virt --container --quiet").rc == 0
 
 
+def private_address_expression(prefix: str = "") -> str:
+    """The address a host's services bind and the tiers talk over, as the roles' defaults take
+    it: the inventory's private_address, else ansible_host. `prefix` picks another host's
+    variables, e.g. "hostvars['db1']."."""
+    return (
+        f"{prefix}private_address | default({prefix}ansible_host)"
+        f" | default({prefix}inventory_hostname)"
+    )
+
+
 def address_of(host) -> str:
-    return render(host, "ansible_host | default(inventory_hostname)")
+    """The host's private address (see private_address_expression)."""
+    return render(host, private_address_expression())
+
+
+@dataclass(frozen=True)
+class Listener:
+    proto: str  # tcp or udp
+    address: str  # "0.0.0.0", "::" and "*" are wildcards
+    port: int
+    process: str  # the command name ss reports, "" when the socket has no process here
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.address in ("0.0.0.0", "::", "*")
+
+    @property
+    def is_loopback(self) -> bool:
+        return not self.is_wildcard and ipaddress.ip_address(self.address).is_loopback
+
+
+def listeners(host) -> list[Listener]:
+    """Every listening TCP socket and bound UDP socket of the host, from `ss`."""
+    found = []
+    for line in host.check_output("ss -H -tuln -p").splitlines():
+        fields = line.split()
+        address, port = fields[4].rsplit(":", 1)
+        process = re.search(r'users:\(\("([^"]+)"', line)
+        address = address.strip("[]").split("%")[0]
+        found.append(Listener(fields[0], address, int(port), process.group(1) if process else ""))
+    return found
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30, interval: float = 0.5) -> bool:

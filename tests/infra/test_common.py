@@ -83,6 +83,25 @@ def test_sshd_refuses_root_and_passwords(host, v):
     assert host.service("ssh").is_running
 
 
+def test_sshd_lets_in_the_deploy_user_only_and_forwards_nothing(host, v):
+    effective = host.check_output("sshd -T").splitlines()
+    for setting in ("allowtcpforwarding", "allowagentforwarding", "x11forwarding", "permittunnel"):
+        assert f"{setting} no" in effective, setting
+    allowed = {line.split()[1] for line in effective if line.startswith("allowusers ")}
+    assert allowed == {v("common_deploy_user"), *v("common_sshd_allow_users")}
+
+
+def test_no_core_dumps_and_no_usb_storage(host, v):
+    limits = host.file("/etc/security/limits.d/10-stackkit-core.conf").content_string.split()
+    assert limits[-4:] == ["*", "hard", "core", "0"]
+    coredump = host.check_output("systemd-analyze cat-config systemd/coredump.conf")
+    assert "Storage=none" in coredump.splitlines()
+    # Containers load no modules of their own: the rules are what a real host enforces.
+    rules = host.file("/etc/modprobe.d/stackkit-blacklist.conf").content_string.splitlines()
+    for module in v("common_blacklisted_modules"):
+        assert f"install {module} /bin/false" in rules, module
+
+
 def test_sshd_offers_public_key_authentication_only(host, v):
     """A client that has no key is told that only public keys are accepted."""
     # sshd lists the methods it allows when it turns a client away.

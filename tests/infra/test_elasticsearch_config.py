@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import render
+from conftest import private_address_expression, render
 
 testinfra_hosts = ["ansible://search"]
 ROLE = "elasticsearch"
@@ -19,11 +19,8 @@ def settings(host, v) -> dict:
 
 
 def group_addresses(host, v) -> list[str]:
-    return render(
-        host,
-        f"groups['{v('elasticsearch_cluster_group')}']"
-        " | map('extract', hostvars, 'ansible_host') | list",
-    )
+    names = render(host, f"groups['{v('elasticsearch_cluster_group')}']")
+    return [render(host, private_address_expression(f"hostvars[{name!r}].")) for name in names]
 
 
 def test_nodes_discover_each_other_through_the_group_and_a_lone_node_looks_for_none(

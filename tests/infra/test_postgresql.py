@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from conftest import ROOT, address_of, assert_sandboxed, relay_from, wait_for
+from conftest import ROOT, address_of, assert_sandboxed, main_pid, relay_from, wait_for
 
 testinfra_hosts = ["ansible://db"]
 ROLE = "postgresql"
@@ -512,6 +512,21 @@ def test_backup_dir_is_private_and_the_timer_enabled(host, v):
     assert backup_dir.mode == 0o700
     if v("postgresql_backup_enabled"):
         assert host.service("postgresql-backup.timer").is_enabled
+
+
+def test_server_runs_sandboxed_as_postgres(host):
+    """The distribution's postgresql@.service with the role's drop-in: the whole cluster unit,
+    pg_ctlcluster included, runs as postgres with no capability and within the data bound."""
+    unit = host.check_output(
+        "systemctl list-units --plain --no-legend 'postgresql@*' | awk '{print $1}'"
+    )
+    assert unit, "no postgresql@ cluster unit is loaded"
+    assert "/etc/systemd/system/postgresql@.service.d/50-stackkit.conf" in host.check_output(
+        f"systemctl show -p DropInPaths --value {unit}"
+    )
+    assert_sandboxed(host, unit, "data")
+    postmaster = main_pid(host, unit)
+    assert host.process.get(pid=postmaster).user == "postgres"
 
 
 def test_backup_and_maintenance_units_are_sandboxed(host):

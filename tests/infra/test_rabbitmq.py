@@ -11,7 +11,7 @@ import shlex
 
 import pika
 import pytest
-from conftest import address_of, assert_sandboxed, main_pid, relay_from, wait_for
+from conftest import address_of, assert_sandboxed, listeners, main_pid, relay_from, wait_for
 
 testinfra_hosts = ["ansible://broker"]
 ROLE = "rabbitmq"
@@ -176,3 +176,14 @@ def test_open_file_limit_reaches_the_broker(host, v):
     limits = host.file(f"/proc/{main_pid(host, 'rabbitmq-server')}/limits").content_string
     line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
     assert line.split()[3:5] == [wanted, wanted]
+
+
+def test_epmd_and_erlang_distribution_listen_on_the_private_address_only(host, v):
+    """epmd (4369) on loopback and the private address, the distribution on the private
+    address and the one port the firewall names; neither on every interface."""
+    private = address_of(host)
+    dist_port = v("rabbitmq_dist_port")
+    found = {(s.address, s.port) for s in listeners(host) if s.port in (4369, dist_port)}
+    assert found == {("127.0.0.1", 4369), (private, 4369), (private, dist_port)}, found
+    # The broker registered with that epmd under its distribution port.
+    assert f"at port {dist_port}" in host.check_output("epmd -names")

@@ -112,6 +112,13 @@ UNITS = [
         {"postgresql_partitioned_tables": [{"database": "catalogue", "owner": "catalogue"}]},
     ),
     Unit(
+        "postgresql",
+        "postgresql@.service.d/50-stackkit.conf.j2",
+        "postgresql@17-main.service",
+        DATA_BOUND,
+        base="postgresql@.service",
+    ),
+    Unit(
         "redis",
         "redis-server.service.d/50-stackkit.conf.j2",
         "redis-server.service",
@@ -161,7 +168,7 @@ def score(root: Path, unit: Unit, scratch: Path) -> tuple[float | None, int, str
     if unit.base:
         vendor = scratch / "lib" / "systemd" / "system"
         vendor.mkdir(parents=True, exist_ok=True)
-        shutil.copy(UNITS_DIR / unit.base, vendor / unit.name)
+        shutil.copy(UNITS_DIR / unit.base, vendor / unit.base)
     result = subprocess.run(
         [
             "systemd-analyze",

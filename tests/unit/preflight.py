@@ -75,7 +75,8 @@ def run_preflight(tmp_path: Path, role: str, variables: dict) -> subprocess.Comp
             "hosts": "localhost",
             "connection": "local",
             "gather_facts": False,
-            "vars": {"ansible_facts": FACTS},
+            # The address the inventory names as the host's private one.
+            "vars": {"ansible_facts": FACTS, "private_address": "10.0.0.5"},
             "roles": [role],
         }
     ]

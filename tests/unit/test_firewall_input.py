@@ -8,7 +8,8 @@ import pytest
 from preflight import output, run_preflight
 
 COMMON = {
-    "common_deploy_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUnitTestKey unit@test"]
+    "common_deploy_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUnitTestKey unit@test"],
+    "common_firewall_ssh_sources": ["10.0.0.0/16"],
 }
 
 
