@@ -51,7 +51,8 @@ hosts-down: ## remove local hosts: TOPOLOGY=single|multi
 .PHONY: demo
 demo: hosts-up artifacts ## bring the whole stack up on local hosts and say where to open it
 	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/site.yml
-	@echo "The catalogue is up on local hosts ($(TOPOLOGY)): open http://127.0.0.1:8080/"
+	@echo "The catalogue is up on local hosts ($(TOPOLOGY)): open https://127.0.0.1:8443/"
+	@echo "(its certificate comes from the test CA .cache/tls/ca.pem; http://127.0.0.1:8080 redirects)"
 	@echo "Hosts: ansible all -i $(INVENTORY) -m ping; measure it: make bench-app"
 
 .PHONY: secrets
@@ -76,7 +77,7 @@ bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strate
 
 .PHONY: bench-app
 bench-app: bootstrap ## POST latency, time to searchable and autocomplete cache of the `make demo` catalogue
-	$(ACTIVATE) python tests/bench/app.py --url http://127.0.0.1:8080
+	$(ACTIVATE) python tests/bench/app.py --url https://127.0.0.1:8443
 
 # Destructive: they kill services and write products. The local hosts only, unless told.
 CHAOS_ARGS ?=
@@ -84,12 +85,13 @@ CHAOS_ARGS ?=
 chaos: bootstrap ## products through nginx while services fail; every accepted one must land
 	$(ACTIVATE) python tests/chaos/chaos.py --inventory $(INVENTORY) $(CHAOS_ARGS)
 
-URL      ?= http://127.0.0.1:8080
+URL      ?= https://127.0.0.1:8443
 DURATION ?= 5m
 USERS    ?= 20
 .PHONY: load
 load: $(VENV)/.load-installed ## a mixed load (Locust) for DURATION; fails on any non-2xx
-	$(ACTIVATE) locust -f tests/load/locustfile.py --headless --host $(URL) \
+	$(ACTIVATE) STACKKIT_API_TOKEN="$$($(PY) tests/hosts/site_client.py token --inventory $(INVENTORY))" \
+	  locust -f tests/load/locustfile.py --headless --host $(URL) \
 	  --users $(USERS) --spawn-rate $(USERS) --run-time $(DURATION) --only-summary
 
 $(VENV)/.load-installed: $(VENV)/.installed

@@ -15,6 +15,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import F
 from django.utils import timezone
 from pymongo.errors import PyMongoError
 
@@ -80,7 +81,7 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         # idempotent, and the first delivery may have died between commit and publish.
         index_product.delay_on_commit(str(product.id))
         if product.image_status == ImageStatus.PENDING:
-            fetch_image_metadata.delay_on_commit(str(product.id))
+            fetch_image_metadata.delay_on_commit(str(product.id), product.image_url)
     get_store().save_submission(str(product.id), payload)
     Submission.mark(product.id, Submission.HISTORY)
     return {"id": str(product.id), "created": created, "title": product.title}
@@ -198,6 +199,26 @@ def redrive_submissions() -> dict[str, int]:
     return {"redriven": redriven, "batches": len(batches)}
 
 
+@shared_task(
+    name="catalogue.tasks.count_view",
+    ignore_result=True,
+    autoretry_for=DATABASE_OUTAGE,
+    retry_backoff=2,
+    retry_jitter=True,
+    max_retries=5,
+)
+def count_view(product_id: str) -> None:
+    """One view (already de-duplicated per client and window by the read). The row's new
+    updated_at makes the next reconcile carry the popularity to the index: no indexing task
+    per view."""
+    with transaction.atomic():
+        counted = Product.objects.filter(id=product_id).update(
+            popularity=F("popularity") + 1, updated_at=timezone.now()
+        )
+        if counted:
+            Event.record(product_id, EventKind.VIEWED)
+
+
 @shared_task(name="catalogue.tasks.prune_submissions")
 def prune_submissions() -> dict[str, int]:
     """Beat task: delete the outbox rows done more than CATALOGUE_SUBMISSION_RETENTION_DAYS ago."""
@@ -211,44 +232,69 @@ def prune_submissions() -> dict[str, int]:
     name="catalogue.tasks.fetch_image_metadata",
     soft_time_limit=30,
     time_limit=45,
+    ignore_result=True,
 )
-def fetch_image_metadata(self: Any, product_id: str) -> dict[str, Any]:
+def fetch_image_metadata(self: Any, product_id: str, image_url: str | None = None) -> dict:
     """Image metadata, on the `slow` queue. Transient failures retry with capped exponential
-    backoff and jitter, at most IMAGE_FETCH_MAX_RETRIES times; the last outcome is kept either
-    way and the product itself is never failed."""
-    product = Product.objects.filter(id=product_id).first()
-    if product is None:
-        return {"id": product_id, "outcome": "missing"}
+    backoff and jitter, at most IMAGE_FETCH_MAX_RETRIES times.
+
+    The fetch reaches out to addresses a client chose, so it touches no data service: each
+    attempt's outcome goes to `record_image_attempt` on the default queue, and the worker that
+    consumes `slow` can be denied the data tier (the celery role's ip_address_deny). A message
+    without the URL (queued by an older release) looks it up."""
+    if image_url is None:
+        image_url = Product.objects.filter(id=product_id).values_list("image_url", flat=True)
+        image_url = image_url.first()
+        if image_url is None:
+            return {"id": product_id, "outcome": "missing"}
     attempt = self.request.retries or 0
     try:
         result = imagefetch.fetch(
-            product.image_url,
+            image_url,
             timeout=settings.IMAGE_FETCH_TIMEOUT,
             allow_private=settings.IMAGE_FETCH_ALLOW_PRIVATE,
+            deny=imagefetch.parse_networks(settings.IMAGE_FETCH_DENY),
         )
     except SoftTimeLimitExceeded:
-        result = imagefetch.FetchResult("unreachable", True, product.image_url, error="time limit")
-    try:
-        get_store().save_image_fetch(product_id, attempt, result.as_dict())
-    except PyMongoError:
-        log.warning("image fetch result for %s not kept in MongoDB", product_id, exc_info=True)
+        result = imagefetch.FetchResult("unreachable", True, image_url, error="time limit")
+    if result.error:
+        log.info("image fetch of %s: %s (%s)", product_id, result.outcome, result.error)
     max_retries = settings.IMAGE_FETCH_MAX_RETRIES
-    if result.retryable and attempt < max_retries:
+    final = not (result.retryable and attempt < max_retries)
+    record_image_attempt.delay(product_id, attempt, result.public(), final)
+    if not final:
         delay = backoff_delay(
             attempt, settings.IMAGE_FETCH_BACKOFF_BASE, settings.IMAGE_FETCH_BACKOFF_CAP
         )
         raise self.retry(countdown=delay, max_retries=max_retries)
-    record_image_result(product_id, result)
-    return {"id": product_id, "attempts": attempt + 1, **result.as_dict()}
+    return {"id": product_id, "attempts": attempt + 1, **result.public()}
 
 
-def record_image_result(product_id: str, result: imagefetch.FetchResult) -> None:
+@shared_task(
+    name="catalogue.tasks.record_image_attempt",
+    autoretry_for=(PyMongoError, *DATABASE_OUTAGE),
+    retry_backoff=2,
+    retry_backoff_max=settings.INSERT_BACKOFF_CAP,
+    retry_jitter=True,
+    max_retries=20,
+)
+def record_image_attempt(product_id: str, attempt: int, shown: dict[str, Any], final: bool) -> None:
+    """Keep one attempt's outcome (as clients may see it) in the history; the last one also on
+    the product, which is indexed again."""
+    get_store().save_image_fetch(product_id, attempt, shown)
+    if final:
+        record_image_result(product_id, shown)
+
+
+def record_image_result(product_id: str, shown: dict[str, Any]) -> None:
     with transaction.atomic():
-        product = Product.objects.select_for_update().get(id=product_id)
-        product.image_status = ImageStatus.OK if result.outcome == "ok" else ImageStatus.FAILED
-        product.image_outcome = result.outcome
-        product.image_content_type = result.content_type
-        product.image_size = result.content_length
+        product = Product.objects.select_for_update().filter(id=product_id).first()
+        if product is None:
+            return
+        product.image_status = ImageStatus.OK if shown["outcome"] == "ok" else ImageStatus.FAILED
+        product.image_outcome = shown["outcome"]
+        product.image_content_type = shown.get("content_type") or ""
+        product.image_size = shown.get("content_length")
         product.image_checked_at = timezone.now()
         product.save()
         index_product.delay_on_commit(product_id)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
 import uuid
 from functools import partial
 from typing import Any
@@ -12,7 +14,6 @@ from celery import chord
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, InterfaceError, transaction
-from django.db.models import F
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -26,8 +27,9 @@ from django.views.decorators.http import (
 )
 
 from . import autocomplete_cache, health, tasks
+from .auth import token_required
 from .documents import get_store
-from .models import Event, EventKind, Product, Submission
+from .models import Product, Submission
 from .search import queries
 from .search.client import SearchUnavailable, get_client
 from .search.indexer import alias_name
@@ -147,8 +149,9 @@ def index(request: HttpRequest) -> HttpResponse:
 
 
 # -- products API --------------------------------------------------------------------------------
-@csrf_exempt  # a JSON API without cookie authentication
+@csrf_exempt  # a JSON API: a bearer token, no cookies
 @require_POST
+@token_required
 def api_products(request: HttpRequest) -> JsonResponse:
     data, bad = _json_body(request)
     if bad:
@@ -169,6 +172,7 @@ def api_products(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
+@token_required
 def api_batch(request: HttpRequest) -> JsonResponse:
     """Round 1: one insert per product, in parallel. Round 2: a summary fed by round 1."""
     data, bad = _json_body(request)
@@ -213,17 +217,31 @@ def api_batch_status(request: HttpRequest, batch_id: uuid.UUID) -> JsonResponse:
     return JsonResponse(summary)
 
 
+def _count_view(request: HttpRequest, product_id: uuid.UUID) -> None:
+    """One view per client, product and CATALOGUE_VIEW_WINDOW, counted by a task: the first
+    read in the window claims a key in the cache (add is atomic), later ones change nothing."""
+    client = request.META.get(settings.CATALOGUE_CLIENT_ADDRESS_HEADER) or request.META.get(
+        "REMOTE_ADDR", ""
+    )
+    window = settings.CATALOGUE_VIEW_WINDOW
+    seen = hashlib.sha256(f"{product_id}|{client}".encode()).hexdigest()[:32]
+    if not cache.add(f"viewed:{int(time.time() // window)}:{seen}", 1, timeout=window):
+        return
+    try:
+        tasks.count_view.delay(str(product_id))
+    except Exception:  # a read never fails for want of a counted view
+        log.warning("a view of %s was not counted", product_id, exc_info=True)
+
+
 # GET only: a read counts a view, and a HEAD (a crawler, a health check) must not.
 @require_GET
 def api_product(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
-    """The product once stored (and a `viewed` event); 202 pending while the insert is queued."""
-    with transaction.atomic():
-        updated = Product.objects.filter(id=product_id).update(popularity=F("popularity") + 1)
-        if not updated:
-            return JsonResponse({"id": str(product_id), "status": "pending"}, status=202)
-        Event.record(product_id, EventKind.VIEWED)
-        tasks.index_product.delay_on_commit(str(product_id))
-    product = Product.objects.get(id=product_id)
+    """The product once stored; 202 pending while the insert is queued. Reads write nothing:
+    the view is counted asynchronously, once per client and window."""
+    product = Product.objects.filter(id=product_id).first()
+    if product is None:
+        return JsonResponse({"id": str(product_id), "status": "pending"}, status=202)
+    _count_view(request, product_id)
     return JsonResponse(
         {
             "id": str(product.id),
@@ -299,9 +317,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
-    ok, results = health.run_checks(
-        health.configured_checks(), settings.CATALOGUE_READINESS_TIMEOUT
-    )
+    ok, results = health.readiness()
     return JsonResponse(
         {"status": "ok" if ok else "fail", "checks": results}, status=200 if ok else 503
     )

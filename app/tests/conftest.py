@@ -151,6 +151,23 @@ def fake_es(monkeypatch: pytest.MonkeyPatch) -> FakeElasticsearch:
 
 
 @pytest.fixture
+def client():
+    """Django's test client with the API token every API write needs."""
+    from django.conf import settings  # noqa: PLC0415
+    from django.test import Client  # noqa: PLC0415
+
+    return Client(HTTP_AUTHORIZATION=f"Bearer {settings.API_TEST_TOKEN}")
+
+
+@pytest.fixture
+def anonymous():
+    """A client without a token."""
+    from django.test import Client  # noqa: PLC0415
+
+    return Client()
+
+
+@pytest.fixture
 def store() -> documents.MemoryStore:
     documents.get_store.cache_clear()
     return documents.get_store()

@@ -3,9 +3,10 @@ import uuid
 from datetime import datetime
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
-from catalogue import tasks
-from catalogue.models import Product, Submission
+from catalogue import auth, tasks
+from catalogue.models import Event, Product, Submission
 
 pytestmark = pytest.mark.django_db
 
@@ -59,9 +60,7 @@ def test_each_post_gets_its_own_id(client, broker):
     assert first != second
 
 
-def test_status_url_says_pending_until_the_row_exists_then_counts_a_view(client, store):
-    product_id = uuid.uuid4()
-    assert client.get(f"/api/products/{product_id}").status_code == 202
+def stored(product_id):
     tasks.insert_product.run(
         {
             "id": str(product_id),
@@ -70,10 +69,83 @@ def test_status_url_says_pending_until_the_row_exists_then_counts_a_view(client,
             "submitted_at": "2025-01-01T00:00:00+00:00",
         }
     )
+
+
+def test_status_url_says_pending_until_the_row_exists(client, store):
+    product_id = uuid.uuid4()
+    assert client.get(f"/api/products/{product_id}").status_code == 202
+    stored(product_id)
     response = client.get(f"/api/products/{product_id}")
     assert response.status_code == 200
     assert response.json()["status"] == "stored"
-    assert response.json()["popularity"] == 1
+
+
+def test_a_read_writes_nothing_and_counts_one_view_per_client_and_window(
+    client, store, broker, settings
+):
+    product_id = uuid.uuid4()
+    stored(product_id)
+    broker.drain()
+    events = Event.objects.filter(product_id=product_id, kind="viewed")
+    for _ in range(3):
+        response = client.get(f"/api/products/{product_id}", REMOTE_ADDR="192.0.2.1")
+        assert response.json()["popularity"] == 0  # the read wrote nothing
+    client.get(f"/api/products/{product_id}", HTTP_X_REAL_IP="198.51.100.7")
+    assert not events.exists()
+    messages = broker.drain()
+    assert [(m.queue, m.task) for m in messages] == [("default", "catalogue.tasks.count_view")] * 2
+    for message in messages:
+        tasks.count_view.run(*message.args)
+    assert Product.objects.get(id=product_id).popularity == 2
+    assert events.count() == 2
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer wrong-token", "Basic dGVzdHM6eA==", "bearer  "],
+    ids=["missing", "empty", "no token", "unknown token", "basic", "blank token"],
+)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/api/products/", GOOD), ("/api/products/batch", {"products": [GOOD]})],
+    ids=["single", "batch"],
+)
+def test_a_write_without_a_valid_token_is_401_and_stores_nothing(
+    anonymous, broker, authorization, path, body
+):
+    headers = {} if authorization is None else {"HTTP_AUTHORIZATION": authorization}
+    response = anonymous.post(
+        path, data=json.dumps(body), content_type="application/json", **headers
+    )
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert broker.drain() == []
+    assert Submission.objects.count() == 0
+    assert Product.objects.count() == 0
+
+
+def test_a_configured_token_is_accepted_and_a_malformed_configuration_refused(
+    anonymous, broker, settings
+):
+    settings.CATALOGUE_API_TOKEN_HASHES = ["importer:" + auth.digest("importer-secret-token")]
+    response = anonymous.post(
+        "/api/products/",
+        data=json.dumps(GOOD),
+        content_type="application/json",
+        HTTP_AUTHORIZATION="Bearer importer-secret-token",
+    )
+    assert response.status_code == 202
+    settings.CATALOGUE_API_TOKEN_HASHES = ["importer:not-a-digest"]
+    with pytest.raises(ImproperlyConfigured):
+        auth.configured()
+
+
+def test_the_page_form_needs_no_token_but_a_csrf_token(anonymous, broker):
+    from django.test import Client  # noqa: PLC0415
+
+    strict = Client(enforce_csrf_checks=True)
+    assert strict.post("/", GOOD).status_code == 403
+    assert broker.drain() == []
 
 
 def test_batch_rejects_everything_when_one_item_is_bad(client, broker):

@@ -152,6 +152,17 @@ def stored_product(store):
     return payload["id"]
 
 
+def fetch_attempt(task, product_id, broker):
+    """One run of the fetch task, then the recording it sent to the default queue."""
+    try:
+        return tasks.fetch_image_metadata.run.__func__(task, product_id, "https://e.org/a.png")
+    finally:
+        for message in broker.drain():
+            if message.task == "catalogue.tasks.record_image_attempt":
+                assert message.queue == "default"
+                tasks.record_image_attempt.run(*message.args)
+
+
 def test_image_fetch_retries_transient_failures_with_capped_backoff(
     monkeypatch, settings, store, broker
 ):
@@ -162,11 +173,12 @@ def test_image_fetch_retries_transient_failures_with_capped_backoff(
         imagefetch, "fetch", lambda url, **kw: imagefetch.FetchResult("unreachable", True, url)
     )
     product_id = stored_product(store)
+    broker.drain()
     ceilings = backoff_ceilings(3, base=2, cap=5)  # [2, 4, 5]
     for attempt in range(3):
         task = FakeTask(attempt)
         with pytest.raises(FakeTask.Retry):
-            tasks.fetch_image_metadata.run.__func__(task, product_id)
+            fetch_attempt(task, product_id, broker)
         [(countdown, max_retries)] = task.retried
         assert 0 <= countdown <= ceilings[attempt], (attempt, countdown)
         assert max_retries == 3
@@ -174,18 +186,20 @@ def test_image_fetch_retries_transient_failures_with_capped_backoff(
     assert [d["attempt"] for d in fetches] == [0, 1, 2]
     assert {d["data"]["outcome"] for d in fetches} == {"unreachable"}
     assert Product.objects.get(id=product_id).image_status == ImageStatus.PENDING
+    assert [d["kind"] for d in store.history(product_id)].count("image_fetch") == 3
 
 
 def test_image_fetch_gives_up_after_the_cap_and_never_fails_the_product(
-    monkeypatch, settings, store
+    monkeypatch, settings, store, broker
 ):
     settings.IMAGE_FETCH_MAX_RETRIES = 3
     monkeypatch.setattr(
         imagefetch, "fetch", lambda url, **kw: imagefetch.FetchResult("unreachable", True, url)
     )
     product_id = stored_product(store)
+    broker.drain()
     task = FakeTask(3)
-    result = tasks.fetch_image_metadata.run.__func__(task, product_id)
+    result = fetch_attempt(task, product_id, broker)
     assert task.retried == []
     assert result["outcome"] == "unreachable"
     assert result["attempts"] == 4
@@ -195,17 +209,52 @@ def test_image_fetch_gives_up_after_the_cap_and_never_fails_the_product(
     assert [d["kind"] for d in store.history(product_id)] == ["submission", "image_fetch"]
 
 
-def test_image_fetch_success_is_kept(monkeypatch, store):
+def test_image_fetch_success_is_kept(monkeypatch, store, broker):
     ok = imagefetch.FetchResult("ok", False, "https://example.org/a.png", 200, "image/png", 1234)
     monkeypatch.setattr(imagefetch, "fetch", lambda url, **kw: ok)
     product_id = stored_product(store)
-    tasks.fetch_image_metadata.run.__func__(FakeTask(0), product_id)
+    broker.drain()
+    fetch_attempt(FakeTask(0), product_id, broker)
     product = Product.objects.get(id=product_id)
     assert (product.image_status, product.image_content_type, product.image_size) == (
         "ok",
         "image/png",
         1234,
     )
+
+
+def test_a_failed_fetch_shows_clients_its_category_never_the_address(
+    monkeypatch, store, broker, client
+):
+    """A refused connection to an internal service says so in its error text; the history
+    (public) keeps only "fetch failed" and the category."""
+    failed = imagefetch.FetchResult(
+        "unreachable",
+        False,
+        "https://e.org/a.png",
+        error="HTTPConnectionPool(host='10.0.2.11', port=5432): Connection refused",
+    )
+    monkeypatch.setattr(imagefetch, "fetch", lambda url, **kw: failed)
+    product_id = stored_product(store)
+    broker.drain()
+    fetch_attempt(FakeTask(0), product_id, broker)
+    body = client.get(f"/api/products/{product_id}/history").content.decode()
+    assert "fetch failed: unreachable" in body
+    assert "10.0.2.11" not in body
+    assert "5432" not in body
+
+
+def test_the_fetch_task_touches_no_data_service(monkeypatch, broker, django_assert_num_queries):
+    """It runs on the `slow` worker, which may be denied the data tier: the URL comes with the
+    message and the outcome leaves as a message."""
+    ok = imagefetch.FetchResult("ok", False, "https://e.org/a.png", 200, "image/png", 1)
+    monkeypatch.setattr(imagefetch, "fetch", lambda url, **kw: ok)
+    monkeypatch.setattr(
+        "catalogue.tasks.get_store", lambda: pytest.fail("the fetch task used MongoDB")
+    )
+    with django_assert_num_queries(0):
+        tasks.fetch_image_metadata.run.__func__(FakeTask(0), str(uuid.uuid4()), ok.url)
+    assert [m.task for m in broker.drain()] == ["catalogue.tasks.record_image_attempt"]
 
 
 class FakeResponse:
@@ -242,14 +291,18 @@ def public(host):
 
 def test_fetch_reads_headers_with_a_short_timeout():
     session = FakeSession(FakeResponse(200, {"Content-Type": "image/png", "Content-Length": "42"}))
-    result = imagefetch.fetch("https://e.org/a.png", 2.5, session=session, resolver=public)
+    result = imagefetch.fetch(
+        "https://e.org/a.png", 2.5, session_for=lambda a: session, resolver=public
+    )
     assert (result.outcome, result.content_type, result.content_length) == ("ok", "image/png", 42)
     assert session.calls[0][2]["timeout"] == 2.5
 
 
 def test_fetch_falls_back_to_get_when_head_is_not_allowed():
     session = FakeSession(FakeResponse(405), FakeResponse(200, {"Content-Type": "image/jpeg"}))
-    result = imagefetch.fetch("https://e.org/a.jpg", 1, session=session, resolver=public)
+    result = imagefetch.fetch(
+        "https://e.org/a.jpg", 1, session_for=lambda a: session, resolver=public
+    )
     assert result.outcome == "ok"
     assert [c[0] for c in session.calls] == ["HEAD", "GET"]
     assert session.calls[1][2]["stream"] is True
@@ -265,7 +318,8 @@ def test_fetch_falls_back_to_get_when_head_is_not_allowed():
     ],
 )
 def test_fetch_classifies_failures(response, outcome, retryable):
-    result = imagefetch.fetch("https://e.org/a", 1, session=FakeSession(response), resolver=public)
+    session = FakeSession(response)
+    result = imagefetch.fetch("https://e.org/a", 1, session_for=lambda a: session, resolver=public)
     assert (result.outcome, result.retryable) == (outcome, retryable)
 
 
@@ -275,7 +329,9 @@ def test_fetch_refuses_private_addresses_including_after_a_redirect():
     def resolver(host):
         return ["10.0.0.5"] if host == "internal.example" else ["93.184.216.34"]
 
-    result = imagefetch.fetch("https://e.org/a", 1, session=session, resolver=resolver)
+    result = imagefetch.fetch(
+        "https://e.org/a", 1, session_for=lambda a: session, resolver=resolver
+    )
     assert (result.outcome, result.retryable) == ("refused", False)
     assert result.hops == ["https://e.org/a"]
     assert len(session.calls) == 1

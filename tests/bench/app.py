@@ -2,7 +2,7 @@
 """Measure the catalogue as a user meets it: how fast a POST is accepted, and how long until the
 product is stored and then searchable.
 
-    python tests/bench/app.py [--url http://127.0.0.1:8080] [--posts 50] [--concurrency 8]
+    python tests/bench/app.py [--url https://127.0.0.1:8443] [--posts 50] [--concurrency 8]
                               [--searchable 10] [--prefixes 30]
 
 Runs against a deployed stack (`make demo`). Prints, in milliseconds, the latency of sequential
@@ -18,11 +18,16 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "hosts"))
+import site_client
 
 
 def word() -> str:
@@ -91,15 +96,16 @@ def summary(name: str, seconds: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--url", default=site_client.DEMO_URL)
     parser.add_argument("--posts", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--searchable", type=int, default=10)
     parser.add_argument("--prefixes", type=int, default=30)
     args = parser.parse_args()
     url = args.url.rstrip("/")
-    session = requests.Session()
-    session.get(f"{url}/readyz", timeout=10).raise_for_status()
+    token = site_client.api_token()
+    session = site_client.session(token)
+    session.get(f"{url}/", timeout=10).raise_for_status()
 
     latencies = [post(session, url, f"Bench {word()}")[1] for _ in range(args.posts)]
     print(summary("POST accepted (sequential)", latencies))
@@ -107,7 +113,10 @@ def main() -> None:
     started = time.perf_counter()
     with ThreadPoolExecutor(args.concurrency) as pool:
         posted = list(
-            pool.map(lambda _: post(requests.Session(), url, f"Bench {word()}"), range(args.posts))
+            pool.map(
+                lambda _: post(site_client.session(token), url, f"Bench {word()}"),
+                range(args.posts),
+            )
         )
     wall = time.perf_counter() - started
     print(summary(f"POST accepted ({args.concurrency} at once)", [t for _, t in posted]))

@@ -7,7 +7,7 @@ have its MongoDB history, and no product refused (4xx, 503, no answer) may have 
 Destructive: it kills and restarts services. Run it on disposable hosts only (`make chaos`).
 Prints the figures and exits 1 on any loss or duplicate.
 
-    python tests/chaos/chaos.py --inventory inventories/local --url http://127.0.0.1:8080
+    python tests/chaos/chaos.py --inventory inventories/local --url https://127.0.0.1:8443
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ import requests
 import testinfra
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "hosts"))
+import site_client  # noqa: E402 - the suites' shared client: test CA and API token
+
 LOCAL_VAULT_PASSWORD = ROOT / "tests" / "hosts" / "local-vault-password"
 
 # name: (inventory pattern, command run as root on each host it matches). Restarts go through
@@ -104,6 +107,7 @@ class Stream:
 
     url: str
     images: str
+    token: str
     prefix: str
     accepted: dict[str, str] = field(default_factory=dict)  # title -> id
     refused: Counter = field(default_factory=Counter)  # title -> status
@@ -119,7 +123,7 @@ class Stream:
             return f"{self.prefix} {self.count:06d}"
 
     def run(self, interval: float) -> None:
-        session = requests.Session()
+        session = site_client.session(self.token)
         while not self.stop.is_set():
             started = time.monotonic()
             title = self.next_title()
@@ -261,8 +265,8 @@ def main() -> int:
     args = arguments()
     app_host = host_of("web[0]", args.inventory)[0]
     if not args.url:
-        port = app_host.ansible.get_variables().get("nginx_listen_port", 80)
-        args.url = f"http://{app_host.ansible.get_variables()['ansible_host']}:{port}"
+        port = app_host.ansible.get_variables().get("nginx_tls_port", 443)
+        args.url = f"https://{app_host.ansible.get_variables()['ansible_host']}:{port}"
     worker = host_of("worker[0]", args.inventory)[0]
     gateway = re.search(r"via (\S+)", worker.check_output("ip -4 route show default")).group(1)
     images = ThreadingHTTPServer((gateway, 0), ImageHandler)
@@ -270,6 +274,7 @@ def main() -> int:
     run = uuid.uuid4().hex[:8]
     stream = Stream(
         url=args.url.rstrip("/"),
+        token=site_client.api_token(args.inventory),
         images=f"http://{gateway}:{images.server_address[1]}/img",
         prefix=f"chaos {run}",
     )

@@ -32,6 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
 SSH_KEY = CACHE / "ssh" / "id_ed25519"
+# The local hosts' test CA: the nginx role has each web host's certificate signed by it, and the
+# suites verify the sites against it (inventories/local/group_vars/web).
+TEST_CA = CACHE / "tls" / "ca.pem"
+TEST_CA_KEY = CACHE / "tls" / "ca.key"
 LOCAL_INVENTORY = ROOT / "inventories" / "local" / "hosts.yml"
 
 SUITES = ("trixie", "bookworm")
@@ -67,16 +71,17 @@ class Host:
 
 # Inventory groups the playbooks know. `app` hosts run the Django code (web and workers).
 WEB_PORT = "127.0.0.1:8080:80"
+WEB_TLS_PORT = "127.0.0.1:8443:443"
 TOPOLOGIES: dict[str, tuple[Host, ...]] = {
     "single": (
         Host(
             "stack1",
             ("web", "app", "worker", "db", "cache", "broker", "search", "docs"),
-            (WEB_PORT,),
+            (WEB_PORT, WEB_TLS_PORT),
         ),
     ),
     "multi": (
-        Host("web1", ("web", "app"), (WEB_PORT,)),
+        Host("web1", ("web", "app"), (WEB_PORT, WEB_TLS_PORT)),
         Host("web2", ("web", "app")),
         Host("worker1", ("worker", "app")),
         Host("worker2", ("worker", "app")),
@@ -261,6 +266,54 @@ def ensure_ssh_key() -> str:
     return SSH_KEY.with_suffix(".pub").read_text().strip()
 
 
+def ensure_test_ca() -> Path:
+    """A CA for the local hosts' certificates, made once (ten years, EC P-256)."""
+    if TEST_CA.exists() and TEST_CA_KEY.exists():
+        return TEST_CA
+    import datetime  # noqa: PLC0415 - the CA is made once; the other commands do not need these
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stackkit local test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    TEST_CA.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    TEST_CA_KEY.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    TEST_CA_KEY.chmod(0o600)
+    TEST_CA.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    log(f"made the local hosts' test CA: {TEST_CA}")
+    return TEST_CA
+
+
 # What a cloud provider's first boot does: host keys, a sudo-capable login with our key.
 BOOTSTRAP_SCRIPT = """
 set -e
@@ -295,6 +348,7 @@ def start_hosts(prefix: str, hosts: tuple[Host, ...], suite: str) -> dict[str, s
     ensure_engine()
     tags = {s: ensure_image(s) for s in {h.suite or suite for h in hosts}}
     key = ensure_ssh_key()
+    ensure_test_ca()
     remove_containers(prefix)
     if not succeeds("docker", "network", "inspect", prefix):
         run("docker", "network", "create", "--label", f"{LABEL}={prefix}", prefix)

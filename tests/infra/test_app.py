@@ -14,6 +14,7 @@ import json
 import random
 import re
 import shlex
+import sys
 import threading
 import time
 import uuid
@@ -24,7 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from conftest import address_of, render, var_of, wait_for
+from conftest import ROOT, address_of, render, var_of, wait_for
+
+sys.path.insert(0, str(ROOT / "tests" / "hosts"))
+import site_client
 
 testinfra_hosts = ["ansible://web"]
 ROLE = "app"
@@ -34,18 +38,53 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(120)
 # --- the site and the services behind it -------------------------------------------------------
 
 
+# Run on the web host: the internal endpoints answer loopback (and monitoring) only.
+INTERNAL_GET = r"""
+import json, ssl, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"Host": "127.0.0.1"})
+context = ssl._create_unverified_context()  # loopback: the certificate names the public names
+try:
+    with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+        status, body = answer.status, answer.read()
+except urllib.error.HTTPError as error:
+    status, body = error.code, error.read()
+print(json.dumps({"status": status, "body": body.decode()}))
+"""
+
+
 @pytest.fixture(scope="module")
 def site(host, var):
-    base = f"http://{address_of(host)}:{var('nginx_listen_port', 'nginx')}"
-    session = requests.Session()
-    assert wait_for(lambda: session.get(f"{base}/readyz", timeout=5).status_code == 200, 60)
-    return Site(base, session)
+    base = f"https://{address_of(host)}:{var('nginx_tls_port', 'nginx')}"
+    session = site_client.session(render(host, "app_api_tokens[0].token"))
+    internal = f"https://127.0.0.1:{var('nginx_tls_port', 'nginx')}"
+    site = Site(base, session, host, internal)
+    assert wait_for(lambda: site.internal("/readyz").status_code == 200, 60)
+    return site
+
+
+class Internal:
+    """An answer read on the web host itself."""
+
+    def __init__(self, status_code: int, text: str) -> None:
+        self.status_code = status_code
+        self.text = text
+
+    def json(self):
+        return json.loads(self.text)
 
 
 class Site:
-    def __init__(self, base: str, session: requests.Session) -> None:
+    def __init__(self, base: str, session: requests.Session, host, internal: str) -> None:
         self.base = base
         self.http = session
+        self.host = host
+        self.internal_base = internal
+
+    def internal(self, path: str) -> Internal:
+        """GET an internal endpoint (/readyz, /api/stats) from the web host's loopback."""
+        out = self.host.check_output("python3 -c %s %s", INTERNAL_GET, self.internal_base + path)
+        answer = json.loads(out)
+        return Internal(answer["status"], answer["body"])
 
     def get(self, path: str, **params) -> requests.Response:
         return self.http.get(self.base + path, params=params, timeout=10)
@@ -250,8 +289,8 @@ def test_the_app_runs_as_a_database_role_that_owns_nothing(host, manage, var):
 
 
 def test_liveness_and_readiness_check_every_dependency(site):
-    assert site.get("/healthz").json() == {"status": "ok"}
-    ready = site.get("/readyz")
+    assert site.internal("/healthz").json() == {"status": "ok"}
+    ready = site.internal("/readyz")
     assert ready.status_code == 200
     checks = ready.json()["checks"]
     assert set(checks) == {"postgresql", "redis", "rabbitmq", "elasticsearch", "mongodb"}
@@ -483,7 +522,7 @@ def test_stats_aggregate_products_terms_and_image_outcomes(site, images):
     product_id = site.add(f"Stats {name}", f"{images.base}/img/{name}.png")
     assert wait_for(lambda: site.stored(product_id)["image"]["outcome"] == "ok", timeout=60)
     assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
-    stats = site.get("/api/stats").json()
+    stats = site.internal("/api/stats").json()
     today = datetime.now(UTC).date().isoformat()
     per_day = {bucket["day"]: bucket["count"] for bucket in stats["products_per_day"]}
     assert per_day.get(today, 0) >= 1
@@ -605,12 +644,12 @@ def test_elasticsearch_stopped_and_started_again_loses_no_indexing(site, invento
         since = workers[0].check_output("date +%s")
         product_id = site.add(f"Outage {name}", "http://127.0.0.1/none.png")
         site.stored(product_id)
-        ready = site.get("/readyz")
+        ready = site.internal("/readyz")
         assert ready.status_code == 503
         assert not ready.json()["checks"]["elasticsearch"]["ok"]
         # Indexing fails and is retried while the node is down (not merely queued behind it).
         assert wait_for(lambda: failed_indexing_attempts(workers, since) >= 2, 60, interval=1)
-    assert wait_for(lambda: site.get("/readyz").status_code == 200, timeout=120, interval=2)
+    assert wait_for(lambda: site.internal("/readyz").status_code == 200, timeout=120, interval=2)
     assert wait_for(lambda: product_id in site.search_ids(name), timeout=120, interval=2)
 
 

@@ -4,6 +4,7 @@ another checkout goes live and is served, and a rollback returns to Ansible's re
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -41,8 +42,9 @@ def live(host, v) -> str:
 
 
 def stylesheet(host, var) -> bytes:
-    url = f"http://{address_of(host)}:{var('nginx_listen_port', 'nginx')}/static/{STYLESHEET}"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    url = f"https://{address_of(host)}:{var('nginx_tls_port', 'nginx')}/static/{STYLESHEET}"
+    trust = ssl.create_default_context(cafile=var("nginx_tls_ca_certificate_path", "nginx") or None)
+    with urllib.request.urlopen(url, timeout=10, context=trust) as response:
         return response.read()
 
 

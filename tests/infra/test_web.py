@@ -7,11 +7,19 @@ import io
 import itertools
 import re
 import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.error
 import urllib.request
+import uuid
 from typing import BinaryIO
 
 import pytest
+import requests
 from conftest import (
+    ROOT,
     address_of,
     assert_sandboxed,
     main_pid,
@@ -20,6 +28,9 @@ from conftest import (
     tcp_reachable_from_controller,
     wait_for,
 )
+
+sys.path.insert(0, str(ROOT / "tests" / "hosts"))
+import site_client
 
 testinfra_hosts = ["ansible://web"]
 ROLE = "gunicorn"
@@ -41,9 +52,28 @@ def host_header(app_var) -> str:
     return app_var("app_allowed_hosts")[0].lstrip(".")
 
 
-def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
-    with urllib.request.urlopen(url, timeout=10) as response:
+@pytest.fixture
+def tls_context(nginx_var) -> ssl.SSLContext:
+    """The trust a client of this inventory has: the test CA the web hosts' certificates come
+    from, else the system's (an operator's certificate)."""
+    ca = nginx_var("nginx_tls_ca_certificate_path")
+    return ssl.create_default_context(cafile=ca or None)
+
+
+@pytest.fixture
+def https(host, nginx_var) -> str:
+    return f"https://{address_of(host)}:{nginx_var('nginx_tls_port')}"
+
+
+def fetch(url: str, context: ssl.SSLContext | None = None, **headers: str):
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
         return response.status, dict(response.headers), response.read()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
 
 
 # --- raw HTTP/1.1 on one connection: a byte too many after a HEAD shows in the next status line --
@@ -164,17 +194,16 @@ def test_nginx_is_running_with_a_valid_configuration(host):
     assert not host.file("/etc/nginx/sites-enabled/default").exists
 
 
-def test_nginx_proxies_to_the_app(host, nginx_var):
-    url = f"http://{address_of(host)}:{nginx_var('nginx_listen_port')}/healthz"
-    status, headers, body = fetch(url)
+def test_nginx_proxies_to_the_app(https, tls_context):
+    status, headers, body = fetch(f"{https}/api/search?q=proxy", tls_context)
     assert status == 200
-    assert b'"ok"' in body
+    assert b'"results"' in body
     assert headers.get("Server") == "nginx"  # no version
 
 
-def test_nginx_serves_static_files_from_the_release(host, nginx_var):
-    base = f"http://{address_of(host)}:{nginx_var('nginx_listen_port')}"
-    status, headers, body = fetch(f"{base}{nginx_var('nginx_static_url')}catalogue/autocomplete.js")
+def test_nginx_serves_static_files_from_the_release(host, nginx_var, https, tls_context):
+    url = f"{https}{nginx_var('nginx_static_url')}catalogue/autocomplete.js"
+    status, headers, body = fetch(url, tls_context)
     assert status == 200
     assert "max-age" in headers.get("Cache-Control", "")
     served = host.file(f"{nginx_var('nginx_static_root')}catalogue/autocomplete.js").content
@@ -260,17 +289,18 @@ def head_then_get(sock: socket.socket, stream: BinaryIO, path: str, host: str, p
         pytest.fail(f"no answer to GET {path} after a HEAD (pipelined: {pipelined})")
 
 
-def test_head_then_get_on_one_connection_through_nginx(host, host_header, nginx_var):
+def test_head_then_get_on_one_connection_through_nginx(host, host_header, nginx_var, tls_context):
     """A HEAD leaves both connections clean: the client's to nginx, and nginx's kept-alive one to
     gunicorn that the next request reuses. Had gunicorn sent a body after a HEAD, a later GET
     would come back without a status line (nginx passes the stray bytes on as HTTP/0.9) or not
     at all. Sent one after the other and pipelined (nginx then reuses the upstream connection at
     once). Without the fix one round of the three paths failed about 4 times in 10 (nginx 1.22,
     gunicorn 23, loopback), so five rounds."""
-    address, port = address_of(host), nginx_var("nginx_listen_port")
+    address, port = address_of(host), nginx_var("nginx_tls_port")
     paths = (("/no-such-page", 404), ("/", 200), ("/api/search?q=head", 200))
     with (
-        socket.create_connection((address, port), timeout=10) as sock,
+        socket.create_connection((address, port), timeout=10) as raw,
+        tls_context.wrap_socket(raw, server_hostname=address) as sock,
         sock.makefile("rb") as stream,
     ):
         for _ in range(5):
@@ -283,3 +313,193 @@ def test_head_then_get_on_one_connection_through_nginx(host, host_header, nginx_
                 assert head[1]["content-type"] == headers["content-type"], path
                 if path == "/no-such-page":  # the same page both times, so the same length
                     assert head[1]["content-length"] == str(len(body))
+
+
+# --- the public edge ----------------------------------------------------------------------------
+
+
+def handshake(address: str, port: int, context: ssl.SSLContext) -> str:
+    with (
+        socket.create_connection((address, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=address) as tls,
+    ):
+        return tls.version()
+
+
+def test_tls_is_verified_against_the_ca_and_only_tls_1_2_and_1_3_are_offered(host, nginx_var):
+    address, port = address_of(host), nginx_var("nginx_tls_port")
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = ssl.create_default_context(
+            cafile=nginx_var("nginx_tls_ca_certificate_path") or None
+        )
+        context.minimum_version = context.maximum_version = version
+        assert handshake(address, port, context) == version.name.replace("v1_", "v1.")
+    # An old client: the client side allows TLS 1.0 and 1.1 only, at any security level.
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    old.minimum_version, old.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        handshake(address, port, old)
+    # What nginx was told, whatever this client's OpenSSL can still speak.
+    assert re.search(r"^\s*ssl_protocols TLSv1\.2 TLSv1\.3;", host.check_output("nginx -T"), re.M)
+    if nginx_var("nginx_tls_ca_certificate_path"):
+        # The verification above is real: without the test CA the chain leads nowhere.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            handshake(address, port, ssl.create_default_context())
+
+
+def test_plain_http_is_redirected_permanently_to_https(host, nginx_var):
+    if nginx_var("nginx_behind_load_balancer"):
+        pytest.skip("behind a load balancer, port 80 serves the balancer")
+    address = address_of(host)
+    opener = urllib.request.build_opener(NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        opener.open(f"http://{address}:{nginx_var('nginx_listen_port')}/api/search?q=a", timeout=10)
+    assert answer.value.code == 301
+    port = int(nginx_var("nginx_tls_port"))
+    suffix = "" if port == 443 else f":{port}"
+    assert answer.value.headers["Location"] == f"https://{address}{suffix}/api/search?q=a"
+
+
+def test_every_answer_carries_hsts_and_the_security_headers(https, tls_context):
+    status, headers, body = fetch(f"{https}/", tls_context)
+    assert status == 200
+    hsts = headers["Strict-Transport-Security"]
+    assert int(re.search(r"max-age=(\d+)", hsts).group(1)) >= 15552000  # half a year at least
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "camera=()" in headers["Permissions-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    # The page needs nothing the policy forbids: no inline script or style, no handler.
+    assert not re.search(rb"<script(?![^>]*\bsrc=)[^>]*>", body)
+    assert not re.search(rb"<style|\son[a-z]+=", body)
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        fetch(f"{https}/no-such-page", tls_context)
+    assert "Strict-Transport-Security" in missing.value.headers
+
+
+def test_the_page_with_the_csrf_token_is_never_compressed_but_static_files_are(
+    https, tls_context, nginx_var
+):
+    _, page, body = fetch(f"{https}/?q=secret", tls_context, **{"Accept-Encoding": "gzip"})
+    assert b"csrfmiddlewaretoken" in body
+    assert "Content-Encoding" not in page
+    static = f"{https}{nginx_var('nginx_static_url')}catalogue/autocomplete.js"
+    _, headers, _ = fetch(static, tls_context, **{"Accept-Encoding": "gzip"})
+    assert headers.get("Content-Encoding") == "gzip"
+
+
+def raw_answer(host, port: int, tls: ssl.SSLContext | None, host_header: str) -> bytes:
+    address = address_of(host)
+    with socket.create_connection((address, port), timeout=10) as sock:
+        stream = tls.wrap_socket(sock, server_hostname=address) if tls else sock
+        stream.sendall(f"GET / HTTP/1.1\r\nHost: {host_header}\r\n\r\n".encode())
+        received = b""
+        try:
+            while chunk := stream.recv(65536):
+                received += chunk
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        return received
+
+
+def test_an_unknown_host_gets_its_connection_closed_unanswered(host, nginx_var, tls_context):
+    assert raw_answer(host, nginx_var("nginx_tls_port"), tls_context, "evil.example") == b""
+    assert raw_answer(host, nginx_var("nginx_listen_port"), None, "evil.example") == b""
+
+
+def test_internal_endpoints_are_refused_from_outside_and_answer_loopback(
+    host, nginx_var, https, tls_context
+):
+    for path in nginx_var("nginx_internal_locations"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            fetch(f"{https}{path}", tls_context)
+        assert refused.value.code == 403, path
+        assert b"postgres" not in refused.value.read().lower()
+    local = host.run(
+        "python3 -c %s %s",
+        "import ssl, sys, urllib.request as u; "
+        "r = u.Request(sys.argv[1], headers={'Host': '127.0.0.1'}); "
+        "print(u.urlopen(r, timeout=10, context=ssl._create_unverified_context()).status)",
+        f"https://127.0.0.1:{nginx_var('nginx_tls_port')}/healthz",
+    )
+    assert local.stdout.strip() == "200", local.stderr
+
+
+def stored_titles(host, title: str) -> str:
+    return host.check_output(
+        "catalogue-manage shell --verbosity 0 -c %s",
+        "from catalogue.models import Product, Submission; "
+        f"print(Submission.objects.filter(payload__title={title!r}).count()"
+        f" + Product.objects.filter(title={title!r}).count())",
+    )
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer not-a-token"], ids=["none", "wrong"])
+def test_a_write_without_a_valid_token_is_401_and_stores_nothing(host, https, authorization):
+    title = f"Unauthorised {uuid.uuid4().hex[:8]}"
+    headers = {"Authorization": authorization} if authorization else {}
+    for path, body in (
+        ("/api/products/", {"title": title, "image_url": "https://example.org/a.png"}),
+        ("/api/products/batch", {"products": [{"title": title, "image_url": "https://e.org/a"}]}),
+    ):
+        answer = requests.post(
+            https + path, json=body, headers=headers, verify=site_client.verify(), timeout=10
+        )
+        assert answer.status_code == 401, path
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+    assert stored_titles(host, title) == "0"
+
+
+@pytest.mark.destructive
+def test_writes_beyond_the_rate_and_burst_get_429(https, nginx_var):
+    """Fired at once from one address, without a token (401: nothing stored), more writes than
+    the burst and two seconds of the rate together: the excess is refused by nginx with 429."""
+    rate = int(re.match(r"(\d+)", nginx_var("nginx_limit_write_rate")).group(1))
+    per_second = rate / (60 if nginx_var("nginx_limit_write_rate").endswith("r/m") else 1)
+    burst = int(nginx_var("nginx_limit_write_burst"))
+    total = burst + int(per_second * 2) + 50
+    statuses: list[int] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def fire(count: int) -> None:
+        with requests.Session() as session:
+            session.verify = site_client.verify()
+            for _ in range(count):
+                code = session.post(f"{https}/api/products/", json={}, timeout=10).status_code
+                with lock:
+                    statuses.append(code)
+
+    threads = [threading.Thread(target=fire, args=(total // 10 + 1,)) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    assert set(statuses) <= {401, 429}, set(statuses)
+    passed = statuses.count(401)
+    assert statuses.count(429) > 0
+    assert passed <= burst + 1 + per_second * (elapsed + 1), (passed, elapsed)
+
+
+def test_django_sees_https_through_nginx(https):
+    """X-Forwarded-Proto reaches Django as https: it marks its cookies secure and, for a secure
+    request only, refuses a form posted from another site's page (Referer check)."""
+    with requests.Session() as session:
+        session.verify = site_client.verify()
+        page = session.get(f"{https}/", timeout=10)
+        assert "secure" in page.headers["Set-Cookie"].lower()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        answer = session.post(
+            f"{https}/",
+            data={"csrfmiddlewaretoken": token, "title": "", "image_url": ""},
+            headers={"Referer": "https://elsewhere.example/"},
+            timeout=10,
+            allow_redirects=False,
+        )
+    assert answer.status_code == 403

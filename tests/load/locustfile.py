@@ -2,15 +2,19 @@
 prefixes of words the catalogue holds, search (with typos), and new products. Locust counts
 every non-2xx as a failure and exits 1 when there was one.
 
-    make load URL=http://127.0.0.1:8080 DURATION=5m USERS=20
+    make load URL=https://127.0.0.1:8443 DURATION=5m USERS=20
+
+Writes send the API token in STACKKIT_API_TOKEN (`make load` reads it from the local vault).
 
 Writes products titled "load <word> <word>": run it on disposable hosts.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
+from typing import ClassVar
 
 from locust import FastHttpUser, between, events, task
 
@@ -35,6 +39,12 @@ def _options(parser) -> None:
 
 class Shopper(FastHttpUser):
     wait_time = between(0.05, 0.2)
+    # The local hosts' certificate comes from their test CA, which Locust's client cannot be
+    # given: it skips verification (the other suites verify the chain).
+    insecure = True
+    write_headers: ClassVar[dict[str, str]] = {
+        "Authorization": f"Bearer {os.environ.get('STACKKIT_API_TOKEN', '')}"
+    }
 
     @task(2)
     def page(self) -> None:
@@ -56,7 +66,11 @@ class Shopper(FastHttpUser):
         title = f"load {random.choice(WORDS)} {random.choice(WORDS)} {uuid.uuid4().hex[:6]}"
         payload = {"title": title, "image_url": self.environment.parsed_options.image_url}
         with self.client.post(
-            "/api/products/", json=payload, name="POST /api/products/", catch_response=True
+            "/api/products/",
+            json=payload,
+            headers=self.write_headers,
+            name="POST /api/products/",
+            catch_response=True,
         ) as response:
             if response.status_code != 202:
                 response.failure(f"{response.status_code}: {response.text[:200]}")

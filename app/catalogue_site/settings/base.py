@@ -134,6 +134,8 @@ CELERY_TASK_ROUTES = {
     "catalogue.tasks.redrive_submissions": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.prune_submissions": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.fetch_image_metadata": {"queue": "slow", "routing_key": "slow"},
+    "catalogue.tasks.record_image_attempt": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.count_view": {"queue": "default", "routing_key": "default"},
 }
 CELERY_TASK_PUBLISH_RETRY = True
 # One quick retry, not Celery's default of three: a request publishes after its submission has
@@ -193,8 +195,20 @@ CATALOGUE_AUTOCOMPLETE_TTL = env_int("CATALOGUE_AUTOCOMPLETE_TTL", 30)
 # refresh interval (1 s), so that nothing looked up before the refresh is cached (see
 # catalogue/autocomplete_cache.py).
 CATALOGUE_AUTOCOMPLETE_SETTLE = env_float("CATALOGUE_AUTOCOMPLETE_SETTLE", 2.0)
-CATALOGUE_BATCH_MAX = env_int("CATALOGUE_BATCH_MAX", 100)
+# Products per batch request: each costs an insert, an indexing and an image fetch.
+CATALOGUE_BATCH_MAX = env_int("CATALOGUE_BATCH_MAX", 20)
+# API writes need `Authorization: Bearer <token>`. Only SHA-256 digests of the tokens are
+# configured (name:hexdigest, comma-separated), so the environment file gives no write access.
+# Tokens are long random strings from the vault, so a fast hash is enough.
+CATALOGUE_API_TOKEN_HASHES = env_list("CATALOGUE_API_TOKEN_HASHES", "")
+# A product read counts one view per client and product in this many seconds; the count is
+# written by a task, never by the request.
+CATALOGUE_VIEW_WINDOW = env_int("CATALOGUE_VIEW_WINDOW", 3600)
+# The client's address as nginx saw it (X-Real-IP), else the peer's (a direct connection).
+CATALOGUE_CLIENT_ADDRESS_HEADER = env("CATALOGUE_CLIENT_ADDRESS_HEADER", "HTTP_X_REAL_IP")
 CATALOGUE_READINESS_TIMEOUT = env_float("CATALOGUE_READINESS_TIMEOUT", 2.0)
+# Seconds one round of readiness checks answers every /readyz (a burst costs one round).
+CATALOGUE_READINESS_CACHE = env_float("CATALOGUE_READINESS_CACHE", 1.0)
 CATALOGUE_READINESS_CHECKS = {
     "postgresql": "catalogue.health.check_postgresql",
     "redis": "catalogue.health.check_redis",
@@ -208,6 +222,8 @@ IMAGE_FETCH_BACKOFF_BASE = env_float("IMAGE_FETCH_BACKOFF_BASE", 2.0)
 IMAGE_FETCH_BACKOFF_CAP = env_float("IMAGE_FETCH_BACKOFF_CAP", 60.0)
 # Refuse image URLs that resolve to private, loopback or link-local addresses (SSRF guard).
 IMAGE_FETCH_ALLOW_PRIVATE = env_bool("IMAGE_FETCH_ALLOW_PRIVATE", False)
+# Addresses and networks never fetched from, private or not: every host of the deployment.
+IMAGE_FETCH_DENY = env_list("IMAGE_FETCH_DENY", "")
 INDEXING_BACKOFF_CAP = env_int("INDEXING_BACKOFF_CAP", 300)
 # Fixed caps of the other retrying tasks (seconds).
 INSERT_BACKOFF_CAP = 120

@@ -19,3 +19,9 @@ ELASTICSEARCH_URL = "http://search.invalid:9200"
 CATALOGUE_DOCUMENT_STORE = "catalogue.documents.MemoryStore"
 # In production the postgresql role owns the partitioned events table; here Django creates it.
 CATALOGUE_EVENTS_TABLE_MANAGED = True
+# The API token the unit tests' client sends (tests/conftest.py); only its digest is configured.
+API_TEST_TOKEN = "unit-test-token-0123456789abcdef"
+CATALOGUE_API_TOKEN_HASHES = [
+    "tests:" + __import__("hashlib").sha256(API_TEST_TOKEN.encode()).hexdigest()
+]
+CATALOGUE_READINESS_CACHE = 0.0
