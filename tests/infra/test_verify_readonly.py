@@ -22,7 +22,7 @@ import requests
 from conftest import ROOT, address_of, var_of, wait_for
 
 sys.path.insert(0, str(ROOT / "tests" / "hosts"))
-import site_client  # noqa: E402
+import site_client
 
 pytestmark = pytest.mark.destructive
 
