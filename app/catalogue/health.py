@@ -37,7 +37,9 @@ def check_redis(timeout: float) -> None:
 def check_rabbitmq(timeout: float) -> None:
     from kombu import Connection  # noqa: PLC0415
 
-    with Connection(settings.CELERY_BROKER_URL, connect_timeout=timeout) as conn:
+    with Connection(
+        settings.CELERY_BROKER_URL, connect_timeout=timeout, ssl=settings.CELERY_BROKER_USE_SSL
+    ) as conn:
         conn.connect()
 
 
