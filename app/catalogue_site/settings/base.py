@@ -215,6 +215,9 @@ CELERY_BEAT_SCHEDULE = {
 ELASTICSEARCH_URL = env("ELASTICSEARCH_URL", "http://127.0.0.1:9200")
 ELASTICSEARCH_ALIAS = env("ELASTICSEARCH_ALIAS", "products")
 ELASTICSEARCH_TIMEOUT = env_float("ELASTICSEARCH_TIMEOUT", 3.0)
+# The certificate and key this host presents to the search hosts' TLS proxy (https URLs).
+ELASTICSEARCH_CLIENT_CERT = env("ELASTICSEARCH_CLIENT_CERT", "")
+ELASTICSEARCH_CLIENT_KEY = env("ELASTICSEARCH_CLIENT_KEY", "")
 
 # --- MongoDB ------------------------------------------------------------------------------------
 MONGODB_HOST = env("MONGODB_HOST", "127.0.0.1")
