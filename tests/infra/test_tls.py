@@ -1,5 +1,6 @@
-"""The app hosts' links to PostgreSQL, Redis and RabbitMQ: encrypted, checked against the
-internal CA, and a client that tries plaintext (or trusts another CA) gets nowhere.
+"""The app hosts' links to PostgreSQL, Redis, RabbitMQ and Elasticsearch: encrypted, checked
+against the internal CA, and a client that tries plaintext (or trusts another CA, or brings no
+certificate to the search proxy) gets nowhere.
 
 Read-only: each check opens a connection from an app host, with the app's own libraries and
 settings (catalogue-manage shell), and writes nothing."""
@@ -113,3 +114,26 @@ print(json.dumps({"live": attempt(live), "plain": attempt(plain), "other_ca": at
     assert result["live"]["ok"][0] == "amqps", result
     assert "error" in result["plain"], result
     assert "CERTIFICATE_VERIFY_FAILED" in result["other_ca"].get("error", ""), result
+
+
+def test_the_app_reaches_elasticsearch_only_through_its_tls_proxy_with_a_certificate(v, probe):
+    if not str(v("app_elasticsearch_url")).startswith("https://"):
+        pytest.skip("app_elasticsearch_url is not https in this inventory")
+    result = probe("""
+import requests
+from catalogue.search.client import get_client
+url = settings.ELASTICSEARCH_URL
+def live():
+    return get_client().request("GET", "/")["version"]["number"]
+def no_certificate():
+    return requests.get(url, verify=settings.TLS_CA_FILE, timeout=5).status_code
+def plain():
+    return requests.get("http" + url[len("https"):], timeout=5).status_code
+print(json.dumps({"live": attempt(live), "no_certificate": attempt(no_certificate),
+                  "plain": attempt(plain)}))
+""")
+    assert result["live"]["ok"].startswith("5."), result
+    # The proxy ends the handshake of a client without a certificate of the internal CA.
+    # (TLS 1.3 may report it on the first read, as a reset rather than an SSL error.)
+    assert "Error" in result["no_certificate"].get("error", ""), result
+    assert "error" in result["plain"], result
