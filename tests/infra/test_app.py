@@ -160,14 +160,25 @@ def es(inventory_hosts, var):
     """Elasticsearch's REST API as an app host reaches it (the firewall admits no one else)."""
     peer = inventory_hosts("app")[0]
     url = var("app_elasticsearch_url", ROLE)
+    # Through the search hosts' TLS proxy as the app goes: the internal CA, this host's own
+    # certificate (root reads the key, as the app does through ssl-cert).
+    tls = [
+        var("app_tls_ca_certificate", ROLE),
+        var("app_elasticsearch_client_certificate", ROLE),
+        var("app_elasticsearch_client_key", ROLE),
+    ]
     script = (
-        "import sys, urllib.request as u; "
-        "r = u.Request(sys.argv[1], method=sys.argv[2]); "
-        "print(u.urlopen(r, timeout=10).read().decode())"
+        "import ssl, sys, urllib.request as u; "
+        "url, method, ca, cert, key = sys.argv[1:6]; "
+        "ctx = ssl.create_default_context(cafile=ca) if url.startswith('https') else None; "
+        "cert and ctx.load_cert_chain(cert, key); "
+        "r = u.Request(url, method=method); "
+        "print(u.urlopen(r, timeout=10, context=ctx).read().decode())"
     )
+    quoted = " ".join(shlex.quote(str(word)) for word in tls)
 
     def call(path: str, method: str = "GET"):
-        out = peer.check_output(f"python3 -c {shlex.quote(script)} {url}{path} {method}")
+        out = peer.check_output(f"python3 -c {shlex.quote(script)} {url}{path} {method} {quoted}")
         return json.loads(out)
 
     return call

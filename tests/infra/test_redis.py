@@ -28,8 +28,10 @@ def cli(host, v, *args: str, user: str | None = None, password: str | None = Non
     auth = f"REDISCLI_AUTH={shlex.quote(password)} " if password else ""
     who = f"--user {shlex.quote(user)} " if user else ""
     words = " ".join(shlex.quote(a) for a in args)
+    tls = f"--tls --cacert {v('redis_tls_ca_certificate')} " if v("redis_tls_enabled") else ""
     return host.run(
-        f"{auth}redis-cli --no-auth-warning {who}-h {address_of(host)} -p {v('redis_port')} {words}"
+        f"{auth}redis-cli --no-auth-warning {tls}{who}-h {address_of(host)} "
+        f"-p {v('redis_port')} {words}"
     )
 
 

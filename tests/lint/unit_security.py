@@ -96,6 +96,12 @@ UNITS = [
     ),
     Unit("celery", "catalogue-beat.service.j2", "catalogue-beat.service", APP_BOUND),
     Unit("elasticsearch", "elasticsearch.service.j2", "elasticsearch.service", DATA_BOUND),
+    Unit(
+        "elasticsearch",
+        "elasticsearch-proxy.service.j2",
+        "elasticsearch-proxy.service",
+        APP_BOUND,
+    ),
     Unit("mongodb", "mongod.service.j2", "mongod.service", DATA_BOUND),
     Unit(
         "mongodb",

@@ -7,7 +7,8 @@ Every vault_ variable that inventories/production.example/group_vars/all/vault.y
 lists gets a new random value (lists, the deploy user's SSH keys, are left empty for the
 operator to fill in). The plaintext goes to `ansible-vault encrypt` on a pipe and never touches
 the disk; ansible-vault takes its password from ANSIBLE_VAULT_PASSWORD_FILE or asks for a new
-one. An existing vault.yml is never overwritten.
+one. An existing vault.yml is never overwritten. The internal CA (vault_pki_ca_certificate and
+vault_pki_ca_private_key) is a new EC P-256 CA that signs the hosts' certificates.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ import secrets
 import string
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "inventories/production.example/group_vars/all/vault.yml.example"
@@ -49,12 +54,63 @@ def random_value(name: str) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
+CA_CERTIFICATE = "vault_pki_ca_certificate"
+CA_PRIVATE_KEY = "vault_pki_ca_private_key"
+CA_YEARS = 10
+
+
+def internal_ca(common_name: str = "stackkit internal CA") -> tuple[str, str]:
+    """A new CA for the hosts' certificates: (certificate PEM, private key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365 * CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
+
+
 def generate(variables: dict[str, object]) -> dict[str, object]:
-    """A new value for each variable: random text, or an empty list where a list is expected."""
-    return {
+    """A new value for each variable: random text, an empty list where a list is expected, and
+    a new internal CA for the CA's pair."""
+    values = {
         name: [] if isinstance(example, list) else random_value(name)
         for name, example in variables.items()
     }
+    if CA_CERTIFICATE in values or CA_PRIVATE_KEY in values:
+        certificate, key = internal_ca()
+        values.update({CA_CERTIFICATE: certificate, CA_PRIVATE_KEY: key})
+    return values
 
 
 def render(values: dict[str, object], vault: Path) -> str:

@@ -7,11 +7,14 @@ import os
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 from ansible.parsing.vault import VaultLib, VaultSecret
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "secrets"))
@@ -52,6 +55,7 @@ def test_every_variable_of_the_example_gets_a_value_the_preflights_accept():
     assert "vault_app_secret_key" in values
     assert "vault_rabbitmq_erlang_cookie" in values
     assert values["vault_common_deploy_authorized_keys"] == []
+    ca = {name: values.pop(name) for name in (make_vault.CA_CERTIFICATE, make_vault.CA_PRIVATE_KEY)}
     texts = {name: value for name, value in values.items() if isinstance(value, str)}
     assert len(texts) == len(values) - 1
     for name, value in texts.items():
@@ -61,6 +65,16 @@ def test_every_variable_of_the_example_gets_a_value_the_preflights_accept():
     assert re.fullmatch(r"[A-Za-z0-9]{20,255}", texts["vault_rabbitmq_erlang_cookie"])
     assert len(texts["vault_app_secret_key"]) >= 50
     assert len(set(texts.values())) == len(texts), "two secrets are equal"
+    assert_a_ca_pair(ca[make_vault.CA_CERTIFICATE], ca[make_vault.CA_PRIVATE_KEY])
+
+
+def assert_a_ca_pair(certificate_pem: str, key_pem: str) -> None:
+    """A CA certificate (basicConstraints CA:TRUE, years ahead) and the key it was made for."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    assert certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert certificate.not_valid_after_utc - certificate.not_valid_before_utc > timedelta(days=3000)
+    assert certificate.public_key() == key.public_key()
 
 
 def test_two_runs_draw_different_secrets():

@@ -6,6 +6,7 @@ developer can run the app against local services; production.py requires the sec
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -47,6 +48,11 @@ TEMPLATES = [
     }
 ]
 
+# --- TLS to the data services ------------------------------------------------------------------
+# The internal CA every data service's certificate is checked against; each link below turns
+# TLS on with its own switch and then verifies the server's name as well as its chain.
+TLS_CA_FILE = env("TLS_CA_FILE", "")
+
 # --- PostgreSQL -------------------------------------------------------------------------------
 DATABASES = {
     "default": {
@@ -58,7 +64,12 @@ DATABASES = {
         "PASSWORD": env("POSTGRES_PASSWORD", ""),
         "CONN_MAX_AGE": env_int("POSTGRES_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {"connect_timeout": env_int("POSTGRES_CONNECT_TIMEOUT", 3)},
+        "OPTIONS": {
+            "connect_timeout": env_int("POSTGRES_CONNECT_TIMEOUT", 3),
+            # verify-full in production: TLS, the internal CA, and the server's own name.
+            "sslmode": env("POSTGRES_SSLMODE", "prefer"),
+            **({"sslrootcert": TLS_CA_FILE} if TLS_CA_FILE else {}),
+        },
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -71,12 +82,20 @@ REDIS_PASSWORD = env("REDIS_PASSWORD", "")
 REDIS_CACHE_DB = env_int("REDIS_CACHE_DB", 1)
 REDIS_RESULT_DB = env_int("REDIS_RESULT_DB", 2)
 REDIS_TIMEOUT = env_float("REDIS_TIMEOUT", 1.0)
+REDIS_TLS = env_bool("REDIS_TLS", False)
+_REDIS_SCHEME = "rediss" if REDIS_TLS else "redis"
+# redis-py's names for a verified TLS link; the same for the cache and Celery's results.
+_REDIS_TLS_OPTIONS = (
+    {"ssl_cert_reqs": "required", "ssl_ca_certs": TLS_CA_FILE or None, "ssl_check_hostname": True}
+    if REDIS_TLS
+    else {}
+)
 
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": url_with_credentials(
-            "redis", REDIS_HOST, REDIS_PORT, REDIS_USER, REDIS_PASSWORD, str(REDIS_CACHE_DB)
+            _REDIS_SCHEME, REDIS_HOST, REDIS_PORT, REDIS_USER, REDIS_PASSWORD, str(REDIS_CACHE_DB)
         ),
         "KEY_PREFIX": "catalogue",
         "OPTIONS": {
@@ -85,6 +104,7 @@ CACHES = {
             "COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor",
             "SOCKET_CONNECT_TIMEOUT": REDIS_TIMEOUT,
             "SOCKET_TIMEOUT": REDIS_TIMEOUT,
+            "CONNECTION_POOL_KWARGS": _REDIS_TLS_OPTIONS,
         },
     }
 }
@@ -98,16 +118,35 @@ RABBITMQ_PORT = env_int("RABBITMQ_PORT", 5672)
 RABBITMQ_USER = env("RABBITMQ_USER", "catalogue")
 RABBITMQ_PASSWORD = env("RABBITMQ_PASSWORD", "")
 RABBITMQ_VHOST = env("RABBITMQ_VHOST", "catalogue")
+RABBITMQ_TLS = env_bool("RABBITMQ_TLS", False)
 
 CELERY_BROKER_URL = url_with_credentials(
-    "amqp", RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_USER, RABBITMQ_PASSWORD, RABBITMQ_VHOST
+    "amqps" if RABBITMQ_TLS else "amqp",
+    RABBITMQ_HOST,
+    RABBITMQ_PORT,
+    RABBITMQ_USER,
+    RABBITMQ_PASSWORD,
+    RABBITMQ_VHOST,
 )
 CELERY_BROKER_CONNECTION_TIMEOUT = env_float("RABBITMQ_CONNECT_TIMEOUT", 3.0)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publisher confirms: a publish returns only once RabbitMQ has taken the message.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+# py-amqp checks the broker's name against its certificate when server_hostname is given.
+CELERY_BROKER_USE_SSL = (
+    {
+        "ca_certs": TLS_CA_FILE or None,
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": RABBITMQ_HOST,
+    }
+    if RABBITMQ_TLS
+    else False
+)
 CELERY_RESULT_BACKEND = url_with_credentials(
-    "redis", REDIS_HOST, REDIS_PORT, REDIS_USER, REDIS_PASSWORD, str(REDIS_RESULT_DB)
+    _REDIS_SCHEME, REDIS_HOST, REDIS_PORT, REDIS_USER, REDIS_PASSWORD, str(REDIS_RESULT_DB)
+)
+CELERY_REDIS_BACKEND_USE_SSL = (
+    {**_REDIS_TLS_OPTIONS, "ssl_cert_reqs": ssl.CERT_REQUIRED} if REDIS_TLS else None
 )
 CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 86400)
 CELERY_TASK_SERIALIZER = "json"
@@ -178,6 +217,9 @@ CELERY_BEAT_SCHEDULE = {
 ELASTICSEARCH_URL = env("ELASTICSEARCH_URL", "http://127.0.0.1:9200")
 ELASTICSEARCH_ALIAS = env("ELASTICSEARCH_ALIAS", "products")
 ELASTICSEARCH_TIMEOUT = env_float("ELASTICSEARCH_TIMEOUT", 3.0)
+# The certificate and key this host presents to the search hosts' TLS proxy (https URLs).
+ELASTICSEARCH_CLIENT_CERT = env("ELASTICSEARCH_CLIENT_CERT", "")
+ELASTICSEARCH_CLIENT_KEY = env("ELASTICSEARCH_CLIENT_KEY", "")
 
 # --- MongoDB ------------------------------------------------------------------------------------
 MONGODB_HOST = env("MONGODB_HOST", "127.0.0.1")
