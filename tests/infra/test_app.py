@@ -490,9 +490,14 @@ def test_autocomplete_answers_are_cached_in_redis_compressed(site, inventory_hos
     # and a hash of the query.
     pattern = "catalogue:1:autocomplete:*:" + hashlib.sha256(name[:6].lower().encode()).hexdigest()
     cache = inventory_hosts("cache")[0]
+    tls = (
+        f"--tls --cacert {var_of(cache, 'redis_tls_ca_certificate', 'redis')} "
+        if var_of(cache, "redis_tls_enabled", "redis")
+        else ""
+    )
     redis = (
         f"REDISCLI_AUTH={shlex.quote(var_of(cache, 'redis_default_password', 'redis'))} redis-cli "
-        f"--no-auth-warning --user default -h {render(cache, 'ansible_host')} "
+        f"--no-auth-warning {tls}--user default -h {address_of(cache)} "
         f"-n {var('app_redis_cache_db', ROLE)}"
     )
     keys = cache.check_output(f"{redis} --scan --pattern {shlex.quote(pattern)}").split()
