@@ -130,16 +130,14 @@ clean: ## remove local hosts and caches (not the images)
 	-$(HOSTS) down --topology multi
 	rm -rf .cache/facts
 
-# The mongodb scenario runs a MongoDB-wire stand-in (no registry here carries mongod),
-# built on the controller from tests/standin/ and installed through the role's binary method.
-MONGOD_STANDIN := .cache/artifacts/mongod-standin
-$(MONGOD_STANDIN): $(wildcard tests/standin/*.go) tests/standin/go.mod tests/standin/go.sum
-	tests/standin/build.sh $@
+# The mongodb role's test server (its secantusdb method, pinned in the role's defaults): the
+# scenarios install it on the hosts from the wheelhouse `make artifacts` builds; the unit tests
+# (tests/unit/test_mongodb_passwords.py) run it on the controller from this virtualenv.
+SECANTUSDB_VERSION := $(shell sed -n 's/^mongodb_secantusdb_version: "\(.*\)"$$/\1/p' roles/mongodb/defaults/main.yml)
+SECANTUSDB := .cache/secantusdb/bin/secantusd-py
+$(SECANTUSDB): roles/mongodb/defaults/main.yml
+	python3 -m venv .cache/secantusdb
+	.cache/secantusdb/bin/pip install -q "secantusdb==$(SECANTUSDB_VERSION)"
+	touch $@
 
-.PHONY: mongod-standin
-mongod-standin: $(MONGOD_STANDIN) ## build the mongodb scenario's stand-in server
-
-molecule: $(MONGOD_STANDIN)
-demo: $(MONGOD_STANDIN)
-# tests/unit/test_mongodb_passwords.py runs the mongodb role's user tasks against it.
-unit: $(MONGOD_STANDIN)
+unit: $(SECANTUSDB)
