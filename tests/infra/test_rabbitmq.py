@@ -7,7 +7,6 @@ import base64
 import json
 import shlex
 
-import pytest
 from conftest import address_of, assert_sandboxed, main_pid, wait_for
 
 testinfra_hosts = ["ansible://broker"]
@@ -43,14 +42,6 @@ if action in ("consume", "roundtrip"):
 connection.close()
 print(json.dumps(result))
 """
-
-
-@pytest.fixture
-def app_host(inventory_hosts):
-    peers = inventory_hosts("app")
-    if not peers:
-        pytest.skip("no app host in this inventory to speak AMQP from")
-    return peers[0]
 
 
 def amqp(peer, broker, v, action: str, queue: str, user=None, password=None, vhost=None):
