@@ -141,3 +141,38 @@ def test_with_this_broker_stopped_the_others_lose_no_message_and_it_rejoins(
     host.check_output("rabbitmqctl --quiet await_startup --timeout 120")
     assert wait_for(lambda: running_nodes(first) == wanted, timeout=120), running_nodes(first)
     assert running_nodes(host) == wanted
+
+
+ROLLING = "/var/tmp/stackkit-publisher.json"
+# systemd's "unit started" journal message.
+UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"
+
+
+@pytest.fixture
+def rolling(app_host) -> dict:
+    """What molecule/rabbitmq-cluster/side_effect.yml's publisher wrote: it published through
+    the cluster while one broker was stopped and the role's converge started that broker again
+    and restarted every broker, one at a time."""
+    if not app_host.file(ROLLING).exists:
+        pytest.skip("no publisher ran through a converge here (molecule/rabbitmq-cluster)")
+    return json.loads(app_host.file(ROLLING).content_string)
+
+
+def test_the_converge_restarted_this_broker_while_the_publisher_ran(host, rolling):
+    journal = host.check_output(
+        f"journalctl -q -o cat UNIT=rabbitmq-server.service MESSAGE_ID={UNIT_STARTED} "
+        f"--since @{int(rolling['started'])} --until @{int(rolling['stopped']) + 1}"
+    )
+    assert journal.splitlines(), "rabbitmq-server did not start while the publisher ran"
+
+
+@pytest.mark.destructive
+def test_every_message_confirmed_through_the_outage_and_the_restarts_is_delivered(
+    host, brokers, v, app_host, rolling
+):
+    if node_name(host) != node_name(brokers[0]):
+        pytest.skip("the queue is drained once, through the first broker")
+    assert rolling["confirmed"], rolling
+    consumed = batch(app_host, host, v, "drain", "stackkit.probe.rolling")["consumed"]
+    lost = set(rolling["confirmed"]) - {int(n) for n in consumed}
+    assert lost == set(), f"{len(lost)} of {len(rolling['confirmed'])} confirmed messages lost"
