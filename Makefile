@@ -13,9 +13,10 @@ HOSTS     := $(PY) tests/hosts/stackhosts.py
 ifeq ($(INVENTORY),inventories/local)
 export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/tests/hosts/local-vault-password
 endif
-# Controller packages: a container engine, debootstrap for the test images, Python, and
-# systemd-analyze (package systemd) to score the units the roles write.
-APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make systemd
+# Controller packages: a container engine, debootstrap for the test images, Python,
+# systemd-analyze (package systemd) to score the units the roles write, and Chromium for the
+# browser test (Playwright drives the distribution's build; it downloads no browser).
+APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make systemd chromium
 
 .PHONY: help
 help: ## list the targets
@@ -24,7 +25,7 @@ help: ## list the targets
 .PHONY: bootstrap
 bootstrap: $(VENV)/.installed ## install controller packages and the Python tooling
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
-	  && command -v systemd-analyze >/dev/null || { \
+	  && command -v systemd-analyze >/dev/null && command -v chromium >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
 
 $(VENV)/.installed: pyproject.toml
@@ -139,16 +140,14 @@ clean: ## remove local hosts and caches (not the images)
 	-$(HOSTS) down --topology multi
 	rm -rf .cache/facts
 
-# The mongodb scenario runs a MongoDB-wire stand-in (no registry here carries mongod),
-# built on the controller from tests/standin/ and installed through the role's binary method.
-MONGOD_STANDIN := .cache/artifacts/mongod-standin
-$(MONGOD_STANDIN): $(wildcard tests/standin/*.go) tests/standin/go.mod tests/standin/go.sum
-	tests/standin/build.sh $@
+# The mongodb role's test server (its secantusdb method, pinned in the role's defaults): the
+# scenarios install it on the hosts from the wheelhouse `make artifacts` builds; the unit tests
+# (tests/unit/test_mongodb_passwords.py) run it on the controller from this virtualenv.
+SECANTUSDB_VERSION := $(shell sed -n 's/^mongodb_secantusdb_version: "\(.*\)"$$/\1/p' roles/mongodb/defaults/main.yml)
+SECANTUSDB := .cache/secantusdb/bin/secantusd-py
+$(SECANTUSDB): roles/mongodb/defaults/main.yml
+	python3 -m venv .cache/secantusdb
+	.cache/secantusdb/bin/pip install -q "secantusdb==$(SECANTUSDB_VERSION)"
+	touch $@
 
-.PHONY: mongod-standin
-mongod-standin: $(MONGOD_STANDIN) ## build the mongodb scenario's stand-in server
-
-molecule: $(MONGOD_STANDIN)
-demo: $(MONGOD_STANDIN)
-# tests/unit/test_mongodb_passwords.py runs the mongodb role's user tasks against it.
-unit: $(MONGOD_STANDIN)
+unit: $(SECANTUSDB)

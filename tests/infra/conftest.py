@@ -148,6 +148,15 @@ def inventory_hosts(pytestconfig) -> Callable[[str], list]:
     return get
 
 
+@pytest.fixture
+def app_host(inventory_hosts):
+    """The first app host, to speak to a service from as the app does."""
+    peers = inventory_hosts("app")
+    if not peers:
+        pytest.skip("no app host in this inventory to speak from")
+    return peers[0]
+
+
 def in_container(host) -> bool:
     return host.run("systemd-detect-virt --container --quiet").rc == 0
 

@@ -1,13 +1,16 @@
 """The mongodb role, on the docs hosts: mongod never runs as root, runs under its own limits,
 requires authentication and listens on the private address and loopback only.
 
-In the molecule scenario the server is the stand-in from tests/standin/ (no registry here
-carries mongod), installed through the role's binary method and run by the same unit, user,
-directories, limits and mongod.conf that mongod gets.
+In the molecule scenario and on the local hosts the server is SecantusDB (no registry here
+carries mongod), installed by the role's secantusdb method and run by the same unit, user,
+directories, limits, users and passwords that mongod gets. SecantusDB enforces roles and unique
+indexes, so the checks below on authorisation and on the app's operations hold it to MongoDB's
+behaviour; the app's MongoDB code is held to the operations exercised here.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import shlex
@@ -222,15 +225,19 @@ def test_unit_template_carries_the_production_limits_by_default():
         assert line in unit
 
 
-def test_server_binary_is_installed_versioned_and_verified(host, v):
-    if v("mongodb_install_method") != "binary":
+def test_test_server_is_the_pinned_secantusdb_installed_from_the_wheelhouse(host, v):
+    if v("mongodb_install_method") != "secantusdb":
         pytest.skip("installed from MongoDB's APT repository")
-    binary = f"{v('mongodb_binary_prefix')}/{v('mongodb_binary_version')}/bin/mongod"
-    assert host.file("/usr/local/bin/mongod").linked_to == binary
-    installed = host.file(binary)
-    assert installed.user == "root"
-    assert installed.mode == 0o755
-    assert f"sha256:{installed.sha256sum}" == v("mongodb_binary_checksum")
+    prefix = v("mongodb_secantusdb_prefix")
+    shown = host.check_output(f"{prefix}/bin/python -m pip show secantusdb")
+    assert f"Version: {v('mongodb_secantusdb_version')}" in shown.splitlines()
+    command = host.file(f"/proc/{main_pid(host, v('mongodb_service_name'))}/cmdline")
+    argv = command.content_string.split("\0")
+    assert f"{prefix}/bin/secantusd-py" in argv
+    assert "--auth" in argv
+    proxy = f"{v('mongodb_service_name')}-proxy.socket"
+    assert host.service(proxy).is_enabled
+    assert host.service(proxy).is_running
 
 
 def test_listens_on_the_private_address_and_loopback_only(host, v):
@@ -349,3 +356,135 @@ def test_transparent_huge_pages_are_disabled_where_the_kernel_allows(host, v):
     assert host.service("disable-transparent-huge-pages").is_enabled
     enabled = host.file("/sys/kernel/mm/transparent_hugepage/enabled").content_string
     assert "[never]" in enabled
+
+
+# The MongoDB operations the app's document store (app/catalogue/documents.py) may use: each is
+# run below on the docs host's server with the app's credentials, so a new operation in the
+# app fails test_the_app_uses_only_the_exercised_mongodb_operations until it is exercised here.
+APP_OPERATIONS = {"create_index", "replace_one", "find", "sort", "find_one", "command"}
+
+
+def test_the_app_uses_only_the_exercised_mongodb_operations():
+    """Every method MongoStore calls is the store's own (_private), a datetime's, or one of
+    APP_OPERATIONS."""
+    tree = ast.parse((ROOT / "app/catalogue/documents.py").read_text())
+    store = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MongoStore")
+    used = {
+        node.func.attr
+        for node in ast.walk(store)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and not node.func.attr.startswith("_")
+    }
+    assert used - {"isoformat"} == APP_OPERATIONS
+
+
+def app_uri(host, v) -> str:
+    return (
+        f"mongodb://{v('mongodb_app_user')}:{v('mongodb_app_password')}@{address_of(host)}:"
+        f"{v('mongodb_port')}/{v('mongodb_app_database')}?directConnection=true"
+    )
+
+
+@pytest.mark.destructive
+def test_the_apps_operations_behave_as_on_mongodb(host, v):
+    """What documents.py relies on: an index on (product_id, at); a replace with upsert on a
+    derived _id writes one document however often a task is redelivered; find with an _id-less
+    projection sorted by time; find_one; ping."""
+    result = mongo(
+        host,
+        """
+import datetime
+client = pymongo.MongoClient(os.environ["URI"], serverSelectionTimeoutMS=5000, tz_aware=True)
+coll = client[os.environ["DB"]]["stackkit_probe_" + os.urandom(4).hex()]
+name = coll.create_index([("product_id", 1), ("at", 1)])
+product = os.urandom(6).hex()
+now = datetime.datetime.now(datetime.UTC)
+for attempt in (1, 2):
+    coll.replace_one({"_id": product + ":submission"},
+                     {"product_id": product, "kind": "submission", "at": now, "n": attempt},
+                     upsert=True)
+coll.replace_one({"_id": product + ":image_fetch:1"},
+                 {"product_id": product, "kind": "image_fetch",
+                  "at": now - datetime.timedelta(seconds=5)}, upsert=True)
+history = list(coll.find({"product_id": product}, {"_id": 0}).sort("at", 1))
+one = coll.find_one({"_id": product + ":submission"}, {"_id": 0})
+out = {
+    "index": name in coll.index_information(),
+    "kinds": [doc["kind"] for doc in history],
+    "ids": ["_id" in doc for doc in history],
+    "count": coll.count_documents({"product_id": product}),
+    "one": one["n"],
+    "ping": client.admin.command("ping")["ok"],
+}
+coll.drop()
+print(json.dumps(out))
+""",
+        URI=app_uri(host, v),
+        DB=v("mongodb_app_database"),
+    )
+    assert result == {
+        "index": True,
+        "kinds": ["image_fetch", "submission"],
+        "ids": [False, False],
+        "count": 2,
+        "one": 2,
+        "ping": 1.0,
+    }
+
+
+@pytest.mark.destructive
+def test_duplicate_ids_and_unique_keys_are_refused(host, v):
+    """The app's store counts on _id being unique (a redelivered event rewrites its document):
+    a second insert of an _id, or of a key under a unique index, fails with 11000."""
+    result = mongo(
+        host,
+        """
+from pymongo.errors import DuplicateKeyError
+client = pymongo.MongoClient(os.environ["URI"], serverSelectionTimeoutMS=5000)
+coll = client[os.environ["DB"]]["stackkit_probe_" + os.urandom(4).hex()]
+coll.create_index("sku", unique=True)
+coll.insert_one({"_id": "p1", "sku": "a"})
+codes = []
+for document in ({"_id": "p1", "sku": "b"}, {"_id": "p2", "sku": "a"}):
+    try:
+        coll.insert_one(document)
+        codes.append(None)
+    except DuplicateKeyError as error:
+        codes.append(error.code)
+count = coll.count_documents({})
+coll.drop()
+print(json.dumps({"codes": codes, "count": count}))
+""",
+        URI=app_uri(host, v),
+        DB=v("mongodb_app_database"),
+    )
+    assert result == {"codes": [11000, 11000], "count": 1}
+
+
+@pytest.mark.destructive
+def test_the_app_user_is_held_to_its_roles(host, v):
+    """readWrite on its own database: no other database, no user administration."""
+    result = mongo(
+        host,
+        """
+client = pymongo.MongoClient(os.environ["URI"], serverSelectionTimeoutMS=5000)
+codes = {}
+attempts = {
+    "other_database": lambda: client.stackkit_other.probe.insert_one({"a": 1}),
+    "create_user": lambda: client[os.environ["DB"]].command(
+        "createUser", "stackkit-probe", pwd=os.urandom(12).hex(), roles=[]),
+    "list_databases": lambda: client.admin.command("listDatabases"),
+}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        codes[name] = None
+    except OperationFailure as error:
+        codes[name] = error.code
+print(json.dumps(codes))
+""",
+        URI=app_uri(host, v),
+        DB=v("mongodb_app_database"),
+    )
+    assert result == {"other_database": 13, "create_user": 13, "list_databases": 13}

@@ -111,9 +111,12 @@ def test_listens_on_the_private_address_and_loopback_only(host, v):
     assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
 
 
-def _login_from(peer, address: str, port: int, user: str, database: str, password: str):
+def _login_from(
+    peer, address: str, port: int, user: str, database: str, password: str, tls: bool = False
+):
     """Log in as `peer` would (the app hosts carry no psql): the client runs on the controller
-    and its connection leaves from the peer. (current_user, None) or (None, the error)."""
+    and its connection leaves from the peer. (current_user, None) or (None, the error). Over
+    TLS when the server takes app logins over TLS only (test_tls checks the chain and name)."""
     with relay_from(peer, address, port) as local:
         try:
             with psycopg.connect(
@@ -123,6 +126,7 @@ def _login_from(peer, address: str, port: int, user: str, database: str, passwor
                 dbname=database,
                 password=password,
                 connect_timeout=10,
+                sslmode="require" if tls else "prefer",
             ) as connection:
                 return connection.execute("SELECT current_user").fetchone()[0], None
         except psycopg.OperationalError as error:
@@ -186,7 +190,13 @@ def test_app_host_logs_in_with_scram(host, v, inventory_hosts, app_login):
     apps = [p for p in inventory_hosts("app") if address_of(p) in v("postgresql_app_sources")]
     assert apps, "no app host among postgresql_app_sources"
     logged_in, error = _login_from(
-        apps[0], address_of(host), v("postgresql_port"), user, database, password
+        apps[0],
+        address_of(host),
+        v("postgresql_port"),
+        user,
+        database,
+        password,
+        v("postgresql_tls_enabled"),
     )
     assert logged_in == user, error
     secret = psql(host, f"SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'")
@@ -197,7 +207,13 @@ def test_app_host_with_a_wrong_password_is_refused(host, v, inventory_hosts, app
     database, user, _ = app_login
     app = inventory_hosts("app")[0]
     logged_in, error = _login_from(
-        app, address_of(host), v("postgresql_port"), user, database, "not-the-password"
+        app,
+        address_of(host),
+        v("postgresql_port"),
+        user,
+        database,
+        "not-the-password",
+        v("postgresql_tls_enabled"),
     )
     assert logged_in is None
     assert "password authentication failed" in error
@@ -211,7 +227,11 @@ def test_non_app_address_is_refused_even_with_the_password(host, v, app_login):
         pytest.skip("this db host is an app host too (single-host topology)")
     result = _login(host, address, v("postgresql_port"), user, database, password)
     assert result.rc != 0
-    assert f'no pg_hba.conf entry for host "{address}"' in result.stderr
+    # No line admits it; with TLS on, a plaintext retry meets the hostnossl reject line.
+    assert (
+        f'no pg_hba.conf entry for host "{address}"' in result.stderr
+        or f'pg_hba.conf rejects connection for host "{address}"' in result.stderr
+    ), result.stderr
 
 
 def test_no_security_definer_function_of_a_superuser_and_none_for_public(host, v):

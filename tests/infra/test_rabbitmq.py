@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import ssl
 
 import pika
 import pytest
@@ -20,14 +21,6 @@ UNITS = {"": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "k": 2**10, "kiB": 2**10}
 UNITS |= {"M": 2**20, "MiB": 2**20, "G": 2**30, "GiB": 2**30}
 
 
-@pytest.fixture
-def app_host(inventory_hosts):
-    peers = inventory_hosts("app")
-    if not peers:
-        pytest.skip("no app host in this inventory to speak AMQP from")
-    return peers[0]
-
-
 def amqp(peer, broker, v, action: str, queue: str, user=None, password=None, vhost=None):
     """One action as a client on an app host: pika runs on the controller, its connection
     leaves from the peer to the broker's private address (the app hosts need no AMQP tool)."""
@@ -38,6 +31,7 @@ def amqp(peer, broker, v, action: str, queue: str, user=None, password=None, vho
                 pika.ConnectionParameters(
                     host="127.0.0.1",
                     port=port,
+                    ssl_options=tls_options(broker, v),
                     virtual_host=vhost or v("rabbitmq_vhost"),
                     credentials=pika.PlainCredentials(user or v("rabbitmq_app_user"), secret),
                     connection_attempts=1,
@@ -64,6 +58,16 @@ def amqp(peer, broker, v, action: str, queue: str, user=None, password=None, vho
             return result
         finally:
             connection.close()
+
+
+def tls_options(broker, v):
+    """With AMQPS only, pika checks the broker's certificate against the CA it was issued by
+    and the broker's own address, through the relay."""
+    if not v("rabbitmq_tls_enabled"):
+        return None
+    ca = broker.file(v("rabbitmq_tls_ca_certificate")).content_string
+    context = ssl.create_default_context(cadata=ca)
+    return pika.SSLOptions(context, server_hostname=address_of(broker))
 
 
 def ctl(host, *args: str):

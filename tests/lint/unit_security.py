@@ -105,6 +105,13 @@ UNITS = [
     Unit("mongodb", "mongod.service.j2", "mongod.service", DATA_BOUND),
     Unit(
         "mongodb",
+        "mongod-proxy.service.j2",
+        "mongod-proxy.service",
+        APP_BOUND,
+        {"mongodb_install_method": "secantusdb"},
+    ),
+    Unit(
+        "mongodb",
         "disable-transparent-huge-pages.service.j2",
         "disable-transparent-huge-pages.service",
         DATA_BOUND,

@@ -1,10 +1,12 @@
 """The mongodb role's users follow the vault: a changed admin or app password takes effect on
 the next run, and a run with unchanged passwords changes nothing.
 
-The role's user tasks (roles/mongodb/tasks/users.yml) run on the controller against the
-MongoDB-wire stand-in the mongodb scenario uses (`make mongod-standin`), started here with
-authorisation enabled on a loopback port. Logins are checked with pymongo from the app's
-virtualenv, the same driver the role's modules use.
+The role's user tasks run on the controller against the server the mongodb scenario runs in
+mongod's place, SecantusDB (the role's secantusdb method; `make unit` installs the pinned release
+in .cache/secantusdb). As on a host, the first user is created by the role's first_user.yml on a
+run without authorisation (SecantusDB has no localhost exception), then the server restarts with
+authorisation and roles enforced and users.yml takes over. Logins are checked with pymongo from
+the app's virtualenv, the same driver the role's modules use.
 """
 
 from __future__ import annotations
@@ -16,18 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from preflight import run_play, tasks_play
 
 ROOT = Path(__file__).resolve().parents[2]
-STANDIN = ROOT / ".cache/artifacts/mongod-standin"
+SERVER = ROOT / ".cache/secantusdb/bin/secantusd-py"
 PYTHON = ROOT / "app/.venv/bin/python"
 ADMIN_1, ADMIN_2 = "first-admin-password-0123", "second-admin-password-4567"
 APP_1, APP_2 = "first-app-password-0123", "second-app-password-4567"
 
 pytestmark = pytest.mark.skipif(
-    not STANDIN.is_file() or not PYTHON.is_file(),
-    reason="needs the stand-in and the app's virtualenv: run `make unit`",
+    not SERVER.is_file() or not PYTHON.is_file(),
+    reason="needs SecantusDB and the app's virtualenv: run `make unit`",
 )
 
 
@@ -37,43 +38,55 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start(config: Path, port: int, *options: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [str(SERVER), "--config", str(config), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=(config.parent / "server.log").open("ab"),
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise
+            time.sleep(0.2)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
 @pytest.fixture
 def server(tmp_path):
     port = free_port()
     data = tmp_path / "data"
     data.mkdir()
-    config = tmp_path / "mongod.conf"
+    config = tmp_path / "secantusd.toml"
     config.write_text(
-        yaml.safe_dump(
-            {
-                "net": {"port": port, "bindIp": "127.0.0.1"},
-                "storage": {"dbPath": str(data)},
-                "systemLog": {"destination": "file", "path": str(tmp_path / "mongod.log")},
-                "security": {"authorization": "enabled"},
-            }
-        )
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\nstorage_path = "{data}"\n'
+        'standalone = true\n\n[storage]\ncache_size = "128M"\n'
     )
-    process = subprocess.Popen([str(STANDIN), "--config", str(config)])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise
-            time.sleep(0.1)
+    server = {"port": port, "data": data, "dir": tmp_path}
+    first = start(config, port)
     try:
-        yield {"port": port, "data": data, "dir": tmp_path}
+        result = run_play(tmp_path, tasks_play("mongodb", "first_user"), variables(server, ADMIN_1))
+        assert result.returncode == 0, result.stdout + result.stderr
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(first)
+    process = start(config, port, "--auth")
+    try:
+        yield server
+    finally:
+        stop(process)
 
 
-def converge(server, admin: str, app: str) -> tuple[int, str]:
-    """Run the role's user tasks; return the number of changed tasks and the output."""
-    variables = {
+def variables(server, admin: str, app: str = APP_1) -> dict:
+    return {
         "ansible_python_interpreter": str(PYTHON),
         "mongodb_port": server["port"],
         "mongodb_data_dir": str(server["data"]),
@@ -81,7 +94,11 @@ def converge(server, admin: str, app: str) -> tuple[int, str]:
         "mongodb_admin_password": admin,
         "mongodb_app_password": app,
     }
-    result = run_play(server["dir"], tasks_play("mongodb", "users"), variables)
+
+
+def converge(server, admin: str, app: str) -> tuple[int, str]:
+    """Run the role's user tasks; return the number of changed tasks and the output."""
+    result = run_play(server["dir"], tasks_play("mongodb", "users"), variables(server, admin, app))
     out = result.stdout + result.stderr
     recap = re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)", out)
     assert recap, out

@@ -7,6 +7,7 @@ limited to the preflight tag: a refusal there comes before any task that could c
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,13 @@ SIXTEEN = "exactly16chars!!"
 PLACEHOLDER = "replace-me"
 LONG_PLACEHOLDER = "Replace-with-50-random-characters-from-a-password-generator"
 SHORT = "Sh0rt-but-15-ch"
-MONGODB_BINARY = {
-    "mongodb_install_method": "binary",
-    "mongodb_binary_url": "https://downloads.example.com/mongod",
-    "mongodb_binary_checksum": "sha256:" + "0" * 64,
-    "mongodb_binary_version": "7.0.14",
+# The test server's method, whose preflight needs only a wheel of the pinned release for the
+# host's Python (3.13 in preflight.FACTS) in the wheelhouse.
+WHEELHOUSE = tempfile.TemporaryDirectory()
+(Path(WHEELHOUSE.name) / "secantusdb-0.7.0b3-cp313-cp313-manylinux_2_28_x86_64.whl").touch()
+MONGODB_SECANTUSDB = {
+    "mongodb_install_method": "secantusdb",
+    "mongodb_secantusdb_wheelhouse": WHEELHOUSE.name,
 }
 
 # Good input for each role, and the variables (or entries) that hold its secrets.
@@ -48,7 +51,7 @@ ROLES = {
         "rabbitmq_bind_address": "127.0.0.1",
     },
     "mongodb": {
-        **MONGODB_BINARY,
+        **MONGODB_SECANTUSDB,
         "mongodb_admin_password": STRONG,
         "mongodb_app_password": STRONG + "-app",
     },
