@@ -48,6 +48,9 @@ def session(token: str | None = None):
 
     http = requests.Session()
     http.verify = verify()
+    # A session's own CA loses to REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE when it trusts the
+    # environment (requests merges them that way round); the local hosts need no proxy either.
+    http.trust_env = False
     if token:
         http.headers["Authorization"] = f"Bearer {token}"
     return http

@@ -468,8 +468,7 @@ def test_writes_beyond_the_rate_and_burst_get_429(https, nginx_var):
     started = time.monotonic()
 
     def fire(count: int) -> None:
-        with requests.Session() as session:
-            session.verify = site_client.verify()
+        with site_client.session() as session:
             for _ in range(count):
                 code = session.post(f"{https}/api/products/", json={}, timeout=10).status_code
                 with lock:
@@ -490,8 +489,7 @@ def test_writes_beyond_the_rate_and_burst_get_429(https, nginx_var):
 def test_django_sees_https_through_nginx(https):
     """X-Forwarded-Proto reaches Django as https: it marks its cookies secure and, for a secure
     request only, refuses a form posted from another site's page (Referer check)."""
-    with requests.Session() as session:
-        session.verify = site_client.verify()
+    with site_client.session() as session:
         page = session.get(f"{https}/", timeout=10)
         assert "secure" in page.headers["Set-Cookie"].lower()
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
