@@ -54,7 +54,9 @@ print(json.dumps({"status": status, "body": body.decode()}))
 
 @pytest.fixture(scope="module")
 def site(host, var):
-    base = f"https://{address_of(host)}:{var('nginx_tls_port', 'nginx')}"
+    port = var("nginx_tls_port", "nginx")
+    # As a browser writes it (no :443), which is what Django's same-origin Referer check expects.
+    base = f"https://{address_of(host)}" + ("" if int(port) == 443 else f":{port}")
     session = site_client.session(render(host, "app_api_tokens[0].token"))
     internal = f"https://127.0.0.1:{var('nginx_tls_port', 'nginx')}"
     site = Site(base, session, host, internal)

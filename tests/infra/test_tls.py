@@ -49,9 +49,9 @@ import psycopg
 from django.db import connection
 db = settings.DATABASES["default"]
 def live():
-    connection.ensure_connection()
-    info = connection.connection.pgconn
-    return [info.ssl_in_use, info.ssl_attribute(b"protocol").decode()]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        return list(cursor.fetchone())
 def plain():
     psycopg.connect(host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"],
                     password=db["PASSWORD"], sslmode="disable", connect_timeout=5).close()
