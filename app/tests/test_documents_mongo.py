@@ -1,11 +1,11 @@
-"""MongoStore, the production document store, against a MongoDB-wire server: the stand-in the
-kit's mongodb tests use (`make mongod-standin`), started on a loopback port with authorisation
-enabled and an app user, as the app logs in on its hosts. The same checks run against
+"""MongoStore, the production document store, against a MongoDB-wire server: SecantusDB, the
+server the kit's mongodb tests put in mongod's place (`make unit` installs it in
+.cache/secantusdb), started on a loopback port with authorisation enabled and an app user, as
+the app logs in on its hosts. The same checks run against
 MemoryStore, which the other unit tests use in its place, so the two cannot drift apart."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -17,10 +17,10 @@ import pytest
 
 from catalogue import documents
 
-STANDIN = Path(
+SERVER = Path(
     os.environ.get(
-        "STACKKIT_MONGOD_STANDIN",
-        Path(__file__).resolve().parents[2] / ".cache/artifacts/mongod-standin",
+        "STACKKIT_SECANTUSD",
+        Path(__file__).resolve().parents[2] / ".cache/secantusdb/bin/secantusd-py",
     )
 )
 USER, PASSWORD, DATABASE = "catalogue", "document-store-test-password", "catalogue"
@@ -34,44 +34,54 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mongod(tmp_path_factory):
-    if not STANDIN.is_file():
-        pytest.skip(f"needs the MongoDB-wire stand-in at {STANDIN}: run `make unit`")
+    if not SERVER.is_file():
+        pytest.skip(f"needs SecantusDB at {SERVER}: run `make unit`")
     import pymongo  # noqa: PLC0415
 
     tmp = tmp_path_factory.mktemp("mongod")
     port = free_port()
     (tmp / "data").mkdir()
-    config = {
-        "net": {"port": port, "bindIp": "127.0.0.1"},
-        "storage": {"dbPath": str(tmp / "data")},
-        "systemLog": {"destination": "file", "path": str(tmp / "mongod.log")},
-        "security": {"authorization": "enabled"},
-    }
-    (tmp / "mongod.conf").write_text(json.dumps(config))  # JSON is YAML
-    process = subprocess.Popen([str(STANDIN), "--config", str(tmp / "mongod.conf")])
+    config = tmp / "secantusd.toml"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\nstorage_path = "{tmp / "data"}"\n'
+        'standalone = true\n\n[storage]\ncache_size = "128M"\n'
+    )
+    # SecantusDB has no localhost exception: the users are made on a run without
+    # authorisation, as the mongodb role does, then the server starts with it.
+    process = start(config, port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and process.poll() is None, "no server"
-                time.sleep(0.1)
-        # An administrator through the localhost exception, then the app's user, as the
-        # mongodb role makes them.
         local = pymongo.MongoClient("127.0.0.1", port, directConnection=True)
         local.admin.command("createUser", "admin", pwd=PASSWORD, roles=["root"])
+        local[DATABASE].command("createUser", USER, pwd=PASSWORD, roles=["readWrite"])
         local.close()
-        admin = pymongo.MongoClient(
-            "127.0.0.1", port, username="admin", password=PASSWORD, directConnection=True
-        )
-        admin[DATABASE].command("createUser", USER, pwd=PASSWORD, roles=["readWrite"])
-        admin.close()
+    finally:
+        stop(process)
+    process = start(config, port, "--auth")
+    try:
         yield port
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
+
+
+def start(config: Path, port: int, *options: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [str(SERVER), "--config", str(config), *options], stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise
+            time.sleep(0.2)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=30)
 
 
 def use_mongo(settings, port: int, password: str = PASSWORD) -> None:
