@@ -267,49 +267,19 @@ def ensure_ssh_key() -> str:
 
 
 def ensure_test_ca() -> Path:
-    """A CA for the local hosts' certificates, made once (ten years, EC P-256)."""
+    """A CA for the local hosts' certificates, made once: the same kind `make secrets` makes for
+    an inventory's internal CA (EC P-256, ten years)."""
     if TEST_CA.exists() and TEST_CA_KEY.exists():
         return TEST_CA
-    import datetime  # noqa: PLC0415 - the CA is made once; the other commands do not need these
+    sys.path.insert(0, str(ROOT / "tests" / "secrets"))
+    from make_vault import internal_ca  # noqa: PLC0415 - only this command needs it
 
-    from cryptography import x509  # noqa: PLC0415
-    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
-    from cryptography.x509.oid import NameOID  # noqa: PLC0415
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stackkit local test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    certificate, key = internal_ca("stackkit local test CA")
     TEST_CA.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    TEST_CA_KEY.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    TEST_CA_KEY.touch(mode=0o600)
     TEST_CA_KEY.chmod(0o600)
-    TEST_CA.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    TEST_CA_KEY.write_text(key)
+    TEST_CA.write_text(certificate)
     log(f"made the local hosts' test CA: {TEST_CA}")
     return TEST_CA
 
