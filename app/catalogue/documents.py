@@ -54,6 +54,9 @@ class MongoStore:
             "socketTimeoutMS": settings.MONGODB_TIMEOUT_MS * 5,
             "tz_aware": True,
         }
+        if settings.MONGODB_TLS:
+            # The server's certificate checked against the internal CA and MONGODB_HOST.
+            kwargs |= {"tls": True, "tlsCAFile": settings.TLS_CA_FILE or None}
         if settings.MONGODB_USER:
             kwargs |= {
                 "username": settings.MONGODB_USER,

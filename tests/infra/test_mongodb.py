@@ -57,8 +57,21 @@ def server_problems(uids: list[int], limits: dict, wanted_nofile: int) -> list[s
     return problems
 
 
+# What a client adds to its URI to reach a TLS-only server (set per test from the inventory).
+_TLS_URI_OPTIONS = {"suffix": ""}
+
+
+@pytest.fixture(autouse=True)
+def _tls_uri_options(v):
+    _TLS_URI_OPTIONS["suffix"] = (
+        f"&tls=true&tlsCAFile={v('mongodb_tls_ca_certificate')}" if v("mongodb_tls_enabled") else ""
+    )
+
+
 def mongo(host, script: str, **env: str) -> dict:
     """Run a pymongo script on the host; it prints one JSON document."""
+    if "URI" in env:
+        env["URI"] += _TLS_URI_OPTIONS["suffix"]
     prefix = " ".join(f"{k}={shlex.quote(val)}" for k, val in env.items())
     program = "import json, os, pymongo\nfrom pymongo.errors import OperationFailure\n" + script
     result = host.run(f"{prefix} python3 -c {shlex.quote(program)}")

@@ -1,6 +1,6 @@
-"""The app hosts' links to PostgreSQL, Redis, RabbitMQ and Elasticsearch: encrypted, checked
-against the internal CA, and a client that tries plaintext (or trusts another CA, or brings no
-certificate to the search proxy) gets nowhere.
+"""The app hosts' links to PostgreSQL, Redis, RabbitMQ, MongoDB and Elasticsearch: encrypted,
+checked against the internal CA, and a client that tries plaintext (or trusts another CA, or
+brings no certificate to the search proxy) gets nowhere.
 
 Read-only: each check opens a connection from an app host, with the app's own libraries and
 settings (catalogue-manage shell), and writes nothing."""
@@ -141,3 +141,27 @@ print(json.dumps({"live": attempt(live), "no_certificate": attempt(no_certificat
     # (TLS 1.3 may report it on the first read, as a reset rather than an SSL error.)
     assert "Error" in result["no_certificate"].get("error", ""), result
     assert "error" in result["plain"], result
+
+
+def test_the_app_reaches_mongodb_over_verified_tls_only(v, probe):
+    needs(v, "app_mongodb_tls")
+    result = probe("""
+import pymongo
+from catalogue.documents import MongoStore
+common = dict(host=settings.MONGODB_HOST, port=settings.MONGODB_PORT,
+              username=settings.MONGODB_USER, password=settings.MONGODB_PASSWORD,
+              authSource=settings.MONGODB_AUTH_SOURCE, serverSelectionTimeoutMS=5000,
+              directConnection=True)
+def live():
+    return MongoStore().client.admin.command("ping")["ok"]
+def plain():
+    return pymongo.MongoClient(**common).admin.command("ping")["ok"]
+def other_ca():
+    return pymongo.MongoClient(**common, tls=True,
+                               tlsCAFile="/etc/ssl/certs/ca-certificates.crt").admin.command("ping")
+print(json.dumps({"live": attempt(live), "plain": attempt(plain), "other_ca": attempt(other_ca)}))
+""")
+    assert "ok" in result["live"], result
+    assert result["live"]["ok"] == 1.0, result
+    assert "error" in result["plain"], result
+    assert "CERTIFICATE_VERIFY_FAILED" in result["other_ca"].get("error", ""), result

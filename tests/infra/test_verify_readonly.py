@@ -30,7 +30,8 @@ pytestmark = pytest.mark.destructive
 MONGO_DUMP = (
     "import hashlib, json, pymongo; from django.conf import settings as s; "
     "c = pymongo.MongoClient(s.MONGODB_HOST, s.MONGODB_PORT, username=s.MONGODB_USER, "
-    "password=s.MONGODB_PASSWORD, authSource=s.MONGODB_AUTH_SOURCE); d = c[s.MONGODB_DB]; "
+    "password=s.MONGODB_PASSWORD, authSource=s.MONGODB_AUTH_SOURCE, "
+    "**({'tls': True, 'tlsCAFile': s.TLS_CA_FILE} if s.MONGODB_TLS else {})); d = c[s.MONGODB_DB]; "
     "docs = {n: sorted(json.dumps(x, sort_keys=True, default=str) for x in d[n].find()) "
     "for n in sorted(d.list_collection_names())}; "
     "print(sum(map(len, docs.values())), "

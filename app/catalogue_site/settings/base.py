@@ -229,6 +229,7 @@ MONGODB_PASSWORD = env("MONGODB_PASSWORD", "")
 MONGODB_DB = env("MONGODB_DB", "catalogue")
 MONGODB_AUTH_SOURCE = env("MONGODB_AUTH_SOURCE", MONGODB_DB)
 MONGODB_TIMEOUT_MS = env_int("MONGODB_TIMEOUT_MS", 2000)
+MONGODB_TLS = env_bool("MONGODB_TLS", False)
 
 # --- Catalogue behaviour ------------------------------------------------------------------------
 CATALOGUE_DOCUMENT_STORE = "catalogue.documents.MongoStore"
