@@ -57,7 +57,9 @@ def inventory(path: str | None, vault: bool = False) -> tuple[InventoryManager, 
             str(LOCAL_VAULT_PASSWORD) if source.endswith("inventories/local") else None
         )
         if not password:
-            raise Exit("Migrations are pending: set ANSIBLE_VAULT_PASSWORD_FILE for the owner's password.")
+            raise Exit(
+                "Migrations are pending: set ANSIBLE_VAULT_PASSWORD_FILE for the owner's password."
+            )
         secret = get_file_vault_secret(filename=password, vault_id="default", loader=loader)
         secret.load()
         loader.set_vault_secrets([("default", secret)])
@@ -94,8 +96,10 @@ def connect(name: str, inv: str | None) -> Connection:
         port=int(get("ansible_port | default(ansible_ssh_port) | default(22)")),
         connect_kwargs={"key_filename": str(key)} if key else {},
     )
-    checking = get("ansible_host_key_checking | default(ansible_ssh_host_key_checking)"
-                   " | default(lookup('env', 'ANSIBLE_HOST_KEY_CHECKING') or True) | bool")  # fmt: skip
+    checking = get(
+        "ansible_host_key_checking | default(ansible_ssh_host_key_checking)"
+        " | default(lookup('env', 'ANSIBLE_HOST_KEY_CHECKING') or True) | bool"
+    )
     args = shlex.split(str(get("ansible_ssh_common_args | default('')")))
     for known in (a.split("=", 1)[1] for a in args if a.startswith("UserKnownHostsFile=")):
         if Path(known).expanduser().is_file():
@@ -107,11 +111,15 @@ def connect(name: str, inv: str | None) -> Connection:
 def release(conn: Connection, *args: str, **kwargs) -> dict:
     """Run catalogue-release; its failure (naming the step) ends the run with its message."""
     result = conn.sudo(f"{RELEASE} {shlex.join(args)}", warn=True, hide=True, **kwargs)
-    if result.failed and not (args[0] == "migrate" and "--check" in args and result.return_code == 1):
+    if result.failed and not (
+        args[0] == "migrate" and "--check" in args and result.return_code == 1
+    ):
         raise Exit(f"{conn.host}: {result.stderr.strip() or result.stdout.strip()}", code=1)
     lines = result.stdout.strip().splitlines()
     print("\n".join(f"{conn.host}: {line}" for line in lines[:-1] if line))
-    return json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"rc": result.return_code}
+    return (
+        json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"rc": result.return_code}
+    )
 
 
 @cache

@@ -447,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         prefix, hosts = f"stackkit-{args.topology}", TOPOLOGIES[args.topology]
         addresses = running_hosts(prefix, hosts, args.suite)
         if addresses is not None:
-            log(f"reusing the running {args.topology} hosts and their data (make hosts-down starts over)")
+            log(
+                f"reusing the running {args.topology} hosts and their data (hosts-down: start over)"
+            )
         else:
             addresses = start_hosts(prefix, hosts, args.suite)
             forget_facts(addresses)

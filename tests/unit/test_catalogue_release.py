@@ -36,7 +36,8 @@ def host(tmp_path, monkeypatch):
     conf.write_text(
         f"# Ansible managed\n[release]\nroot = {root}\nmanage = /bin/false\npython = /bin/false\n"
         "target = catalogue.target\nweb_service = catalogue-web\nhealth_path = /readyz\n"
-        "health_host = localhost\nhealth_timeout = 5\nkeep_releases = 3\nmigrate_owner = catalogue\n"
+        "health_host = localhost\nhealth_timeout = 5\nkeep_releases = 3\n"
+        "migrate_owner = catalogue\n"
         f"reindex = true\nnginx_upstream_file = {upstream}\n"
     )
     monkeypatch.setattr(release, "CONFIG", conf)

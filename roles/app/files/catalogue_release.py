@@ -203,7 +203,8 @@ def install(cfg: Config, archive: Path, wheelhouse_archive: Path | None) -> int:
     run(
         "collectstatic",
         [f"{venv}/bin/python", "manage.py", "collectstatic", "--noinput"],
-        env={"DJANGO_SETTINGS_MODULE": "catalogue_site.settings.base", "PYTHONDONTWRITEBYTECODE": "1"},
+        env={"DJANGO_SETTINGS_MODULE": "catalogue_site.settings.base",
+             "PYTHONDONTWRITEBYTECODE": "1"},
         cwd=release,
     )  # fmt: skip
     run("compile", [f"{venv}/bin/python", "-m", "compileall", "-q", str(release)])
@@ -238,7 +239,9 @@ def pending_migrations(cfg: Config, release: Path) -> bool:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if proc.returncode not in (0, 1):
-        raise StepFailed("migrate", f"migrate --check exited {proc.returncode}: {proc.stderr[-2000:]}")
+        raise StepFailed(
+            "migrate", f"migrate --check exited {proc.returncode}: {proc.stderr[-2000:]}"
+        )
     return proc.returncode == 1
 
 
@@ -352,7 +355,8 @@ def activate(cfg: Config, release_id: str, force_restart: bool) -> int:
             point(previous, before)
         restart(cfg)
         wait_ready(cfg, web_address(cfg))
-        raise StepFailed(failure.step, f"{failure}; rolled back to {live.name}, which answers")
+        detail = f"{failure}; rolled back to {live.name}, which answers"
+        raise StepFailed(failure.step, detail) from None
     say(f"release {release_id} is live")
     return result(changed=True, release=release_id)
 
@@ -361,7 +365,9 @@ def rollback(cfg: Config) -> int:
     current, previous = cfg.root / "current", cfg.root / "previous"
     live, before = link_target(current), link_target(previous)
     if before is None or not complete(before / ".venv"):
-        raise StepFailed("check", f"{previous} does not point at a release: nothing to roll back to")
+        raise StepFailed(
+            "check", f"{previous} does not point at a release: nothing to roll back to"
+        )
     if live is not None:
         point(previous, live)
     switch_and_restart(cfg, before)
@@ -375,12 +381,15 @@ def prune(cfg: Config) -> int:
     the wheelhouses those releases were installed from (a rollback needs no installation)."""
     keep = {p for p in (link_target(cfg.root / n) for n in ("current", "previous")) if p}
     releases = sorted(
-        (p for p in (cfg.root / "releases").iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime
+        (p for p in (cfg.root / "releases").iterdir() if p.is_dir()),
+        key=lambda p: p.stat().st_mtime,
     )
     others = [p for p in releases if p not in keep]
     stale = others[: max(len(others) - (cfg.keep_releases - len(keep)), 0)]
     kept = [p for p in releases if p not in stale]
-    wheelhouses = {note.read_text().strip() for p in kept if (note := p / WHEELHOUSE_NOTE).is_file()}
+    wheelhouses = {
+        note.read_text().strip() for p in kept if (note := p / WHEELHOUSE_NOTE).is_file()
+    }
     stale += [
         p for p in (cfg.root / "wheelhouse").iterdir() if p.is_dir() and p.name not in wheelhouses
     ]
@@ -431,11 +440,15 @@ def set_drained(cfg: Config, address: str, drained: bool) -> int:
     for line in lines:
         match = pattern.match(line.rstrip("\n"))
         if match and bool(match.group(2)) != drained:
-            line = f"{match.group(1)}{' down' if drained else ''}{match.group(3)}\n"
-        changed.append(line)
+            changed.append(f"{match.group(1)}{' down' if drained else ''}{match.group(3)}\n")
+        else:
+            changed.append(line)
     if changed == lines:
         return result(changed=False)
-    if drained and sum(1 for x in changed if re.match(r"^\s*server\s", x) and " down" not in x) == 0:
+    if (
+        drained
+        and sum(1 for x in changed if re.match(r"^\s*server\s", x) and " down" not in x) == 0
+    ):
         raise StepFailed("drain", f"{address} is the last server of {path} still up")
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
         tmp.write("".join(changed))
@@ -471,24 +484,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def dispatch(cfg: Config, args: argparse.Namespace) -> int:
-    if args.command == "install":
-        return install(cfg, args.archive.resolve(), args.wheelhouse and args.wheelhouse.resolve())
-    if args.command == "migrate":
-        return migrate(cfg, args.release, args.check)
-    if args.command == "activate":
-        return activate(cfg, args.release, args.restart)
-    if args.command == "rollback":
-        return rollback(cfg)
-    if args.command == "restart":
-        restart(cfg)
-        wait_ready(cfg, web_address(cfg))
-        return result(changed=True)
-    if args.command == "prune":
-        return prune(cfg)
-    if args.command == "status":
-        return status(cfg, args.json)
-    return set_drained(cfg, args.address, args.command == "drain")
+def restart_live(cfg: Config) -> int:
+    restart(cfg)
+    wait_ready(cfg, web_address(cfg))
+    return result(changed=True)
+
+
+COMMANDS = {
+    "install": lambda cfg, a: install(
+        cfg, a.archive.resolve(), a.wheelhouse and a.wheelhouse.resolve()
+    ),
+    "migrate": lambda cfg, a: migrate(cfg, a.release, a.check),
+    "activate": lambda cfg, a: activate(cfg, a.release, a.restart),
+    "rollback": lambda cfg, a: rollback(cfg),
+    "restart": lambda cfg, a: restart_live(cfg),
+    "prune": lambda cfg, a: prune(cfg),
+    "status": lambda cfg, a: status(cfg, a.json),
+    "drain": lambda cfg, a: set_drained(cfg, a.address, True),
+    "undrain": lambda cfg, a: set_drained(cfg, a.address, False),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(cfg.root / ".release.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return dispatch(cfg, args)
+            return COMMANDS[args.command](cfg, args)
         except StepFailed as failure:
             print(f"catalogue-release: {args.command} failed at {failure}", file=sys.stderr)
             return 1
