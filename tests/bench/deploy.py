@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STYLESHEET = Path("catalogue/static/catalogue/catalogue.css")
+STYLESHEET = Path("catalogue/static/catalogue/catalogue.css")  # under app/
 WARMUP = 5  # seconds of load before the deploy starts, so that every user is running
 
 
@@ -36,7 +36,7 @@ def changed_checkout(directory: Path) -> Path:
     shutil.copytree(
         ROOT / "app", checkout, ignore=shutil.ignore_patterns(".venv", "__pycache__", "staticfiles")
     )
-    css = checkout / "catalogue" / "static" / STYLESHEET
+    css = checkout / STYLESHEET
     css.write_text(css.read_text() + f"/* bench {uuid.uuid4().hex} */\n")
     return checkout
 

@@ -323,9 +323,20 @@ def wait_ready(cfg: Config, address: str | None) -> None:
 
 
 def probe_readiness(cfg: Config, release: Path) -> None:
-    if cfg.web_service:
-        env = {"CATALOGUE_PROBE_HOST": cfg.health_host}
-        manage(cfg, release, "readiness", "shell", "-c", READINESS_PROBE, env=env)
+    """The release's readiness view, asked again until it answers or health_timeout runs out
+    (a dependency slow for a moment is not a broken release)."""
+    if not cfg.web_service:
+        return
+    env = {"CATALOGUE_PROBE_HOST": cfg.health_host}
+    deadline = time.monotonic() + cfg.health_timeout
+    while True:
+        try:
+            manage(cfg, release, "readiness", "shell", "-c", READINESS_PROBE, env=env)
+            return
+        except StepFailed:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(2)
 
 
 def switch_and_restart(cfg: Config, release: Path) -> None:
