@@ -10,6 +10,7 @@ gthread does, finishing the requests in flight within graceful_timeout.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from gunicorn.workers.gthread import ThreadWorker
@@ -25,10 +26,8 @@ class DrainingThreadWorker(ThreadWorker):
         self._draining = True
         with self._lock:
             for sock in self.sockets:
-                try:
+                with contextlib.suppress(KeyError, ValueError):
                     self.poller.unregister(sock)
-                except (KeyError, ValueError):
-                    pass
         timer = threading.Timer(DRAIN_SECONDS, setattr, (self, "alive", False))
         timer.daemon = True
         timer.start()

@@ -53,12 +53,17 @@ RELEASE_ID = re.compile(r"^[0-9a-f]{12}$")
 # readiness view answers through Django's test client, so a release that cannot reach its
 # services (or breaks the view) is refused while the live one keeps serving.
 READINESS_PROBE = """\
-import os, sys
+import os, sys, time
 from django.test import Client
-host = os.environ["CATALOGUE_PROBE_HOST"]
-response = Client().get("/readyz", HTTP_HOST=host, secure=True)
-if response.status_code != 200:
-    sys.exit("/readyz answered %d: %s" % (response.status_code, response.content[:400].decode()))
+host, client = os.environ["CATALOGUE_PROBE_HOST"], Client()
+# A new process opens its first connection to every service: asked again, it answers as the
+# warm processes of a live release would.
+for attempt in range(5):
+    response = client.get("/readyz", HTTP_HOST=host, secure=True)
+    if response.status_code == 200:
+        sys.exit(0)
+    time.sleep(1)
+sys.exit("/readyz answered %d: %s" % (response.status_code, response.content[:400].decode()))
 """
 
 
