@@ -15,10 +15,12 @@ pending and the schema owner's password is needed: shipping code needs no secret
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import json
 import os
 import shlex
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -108,36 +110,22 @@ def connect(name: str, inv: str | None) -> Connection:
     return conn
 
 
-def release(conn: Connection, *args: str, **kwargs) -> dict:
+def release(conn: Connection, *args: str, ok: tuple = (0,), **kwargs) -> dict:
     """Run catalogue-release; its failure (naming the step) ends the run with its message."""
     result = conn.sudo(f"{RELEASE} {shlex.join(args)}", warn=True, hide=True, **kwargs)
-    if result.failed and not (
-        args[0] == "migrate" and "--check" in args and result.return_code == 1
-    ):
+    if result.return_code not in ok:
         raise Exit(f"{conn.host}: {result.stderr.strip() or result.stdout.strip()}", code=1)
-    lines = result.stdout.strip().splitlines()
-    print("\n".join(f"{conn.host}: {line}" for line in lines[:-1] if line))
-    return (
-        json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"rc": result.return_code}
-    )
+    *said, last = result.stdout.strip().splitlines() or [""]
+    print("\n".join(f"{conn.host}: {line}" for line in said if line))
+    return json.loads(last) if last.startswith("{") else {"rc": result.return_code}
 
 
 @cache
-def builder():
-    """roles/app/files/build_release.py: one definition of what a release is."""
-    path = ROOT / "roles/app/files/build_release.py"
-    spec = importlib.util.spec_from_file_location("build_release", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@cache
-def build(source: Path, python: str, arch: str) -> tuple[str, Path, Path]:
-    out = ROOT / ".cache" / "releases"
-    release_id, archive = builder().build_code(source, out)
-    _, wheelhouse = builder().build_wheelhouse(source / "requirements.txt", out, python, arch)
-    return release_id, archive, wheelhouse
+def build(source: Path, python: str, arch: str) -> dict:
+    """What the role builds, with the role's builder: release id, archive, wheelhouse."""
+    builder = [sys.executable, str(ROOT / "roles/app/files/build_release.py"), "--source"]
+    builder += [str(source), "--out", str(ROOT / ".cache/releases"), "--python", python, "--arch"]
+    return json.loads(subprocess.run([*builder, arch], check=True, capture_output=True).stdout)
 
 
 def app_source(source: str | None) -> Path:
@@ -157,48 +145,34 @@ def upload(conn: Connection, local: Path, directory: str) -> str:
     return f"{directory}/{local.name}"
 
 
-def drained(names: list[str], address: str, drain: bool, inv: str | None) -> None:
-    for web in names:
-        release(connect(web, inv), "drain" if drain else "undrain", address)
-
-
 def deploy_host(name: str, source: Path, inv: str | None) -> None:
     conn = connect(name, inv)
     facts = release(conn, "status", "--json")
-    release_id, archive, wheelhouse = build(source, facts["python"], facts["arch"])
+    built = build(source, facts["python"], facts["arch"])
+    release_id = built["release_id"]
     if release_id not in facts["releases"]:
-        paths = [upload(conn, path, facts["archives"]) for path in (archive, wheelhouse)]
+        archives = (Path(built["archive"]), Path(built["wheelhouse"]))
+        paths = [upload(conn, path, facts["archives"]) for path in archives]
         release(conn, "install", *paths)
     if release_id not in _MIGRATED:
-        pending = release(conn, "migrate", release_id, "--check").get("rc") == 1
+        pending = release(conn, "migrate", release_id, "--check", ok=(0, 1))["rc"] == 1
         secret = ""
         if pending and facts["migrate_owner"]:
             secret = str(value(name, "app_postgres_owner_password", inv, vault=True))
-        release(conn, "migrate", release_id, in_stream=_Line(secret))
+        release(conn, "migrate", release_id, in_stream=io.StringIO(secret and secret + "\n"))
         _MIGRATED.add(release_id)
     hosts, _ = inventory(inv)
     webs = [h.name for h in hosts.get_hosts(pattern="web")]
     address = value(name, "app_upstream_address | default('')", inv)
     drain = facts["current"] != release_id and bool(address) and name in webs and len(webs) > 1
-    if drain:
-        drained(webs, address, True, inv)
+    for web in webs if drain else []:  # out of every nginx while it restarts
+        release(connect(web, inv), "drain", address)
     try:
         release(conn, "activate", release_id)
     finally:
-        if drain:
-            drained(webs, address, False, inv)
+        for web in webs if drain else []:
+            release(connect(web, inv), "undrain", address)
     release(conn, "prune")
-
-
-class _Line:
-    """Standard input of one line (the owner's password), or none at all."""
-
-    def __init__(self, text: str) -> None:
-        self.data = (text + "\n").encode() if text else b""
-
-    def read(self, size: int = -1) -> bytes:
-        data, self.data = self.data, b""
-        return data
 
 
 @task(help={"source": "another checkout: its root or its app/", "inventory": "inventory path"})
@@ -219,8 +193,5 @@ def rollback(c, inventory=None):
 def status(c, inventory=None):
     """The live and previous release and the state of the app's units on each host."""
     for name in host_names(c, inventory):
-        conn = connect(name, inventory)
-        out = conn.sudo(f"{RELEASE} status", hide=True, warn=True)
-        print("\n".join(f"{name}: {line}" for line in out.stdout.strip().splitlines()))
-        if out.failed:
-            raise Exit(f"{name}: {out.stderr.strip()}", code=1)
+        print(f"== {name}")
+        connect(name, inventory).sudo(f"{RELEASE} status")
