@@ -75,7 +75,9 @@ def run_preflight(tmp_path: Path, role: str, variables: dict) -> subprocess.Comp
             "hosts": "localhost",
             "connection": "local",
             "gather_facts": False,
-            "vars": {"ansible_facts": FACTS},
+            # app_source_dir defaults to app/ beside the playbook's directory; this play is not
+            # in playbooks/, so it names the kit's app/ as a playbook of its own would.
+            "vars": {"ansible_facts": FACTS, "app_source_dir": str(ROOT / "app")},
             "roles": [role],
         }
     ]
