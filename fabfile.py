@@ -116,7 +116,8 @@ def release(conn: Connection, *args: str, ok: tuple = (0,), **kwargs) -> dict:
     if result.return_code not in ok:
         raise Exit(f"{conn.host}: {result.stderr.strip() or result.stdout.strip()}", code=1)
     *said, last = result.stdout.strip().splitlines() or [""]
-    print("\n".join(f"{conn.host}: {line}" for line in said if line))
+    for line in filter(None, said):
+        print(f"{conn.host}: {line}")
     return json.loads(last) if last.startswith("{") else {"rc": result.return_code}
 
 

@@ -12,10 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, address_of
+from conftest import ROOT, address_of, render
 
 pytestmark = pytest.mark.destructive
-testinfra_hosts = ["ansible://web[0]"]
+testinfra_hosts = ["ansible://web"]
 ROLE = "app"
 BIN = Path(sys.executable).parent
 
@@ -71,6 +71,13 @@ def deploy(driver: str, source: Path, inventory: str) -> subprocess.CompletedPro
     )  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _first_web_host(host):
+    """A deploy covers every host: run it once, checked from the first web host."""
+    if render(host, "inventory_hostname != groups['web'][0]"):
+        pytest.skip("deploys are checked from the first web host")
+
+
 @pytest.mark.parametrize("driver", ["ansible", "fab"])
 @pytest.mark.parametrize("breakage", sorted(BREAKAGES))
 def test_a_broken_release_is_refused_and_the_live_one_keeps_serving(
@@ -93,3 +100,19 @@ def test_a_broken_release_is_refused_and_the_live_one_keeps_serving(
     assert host.file(f"{v('app_root')}/current").linked_to == live
     with urllib.request.urlopen(f"http://{address_of(host)}/healthz", timeout=10) as response:
         assert response.status == 200
+
+
+@pytest.mark.parametrize("driver", ["ansible", "fab"])
+def test_a_release_switch_under_load_fails_no_request(host, driver, pytestconfig):
+    """tests/bench/deploy.py, short: Locust through nginx while a changed release goes live."""
+    pytest.importorskip("locust", reason="the load extra: pip install -e '.[load]'")
+    inventory = str(Path(pytestconfig.option.ansible_inventory).resolve())
+    url = f"http://{address_of(host)}"
+    command = [sys.executable, "tests/bench/deploy.py", "--url", url, "--driver", driver]
+    command += ["--users", "5", "--inventory", inventory]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert f"{driver:8} deploy ok" in result.stdout
+    assert "non-2xx 0," in result.stdout
