@@ -80,6 +80,11 @@ bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strate
 bench-app: bootstrap ## POST latency, time to searchable and autocomplete cache of the `make demo` catalogue
 	$(ACTIVATE) python tests/bench/app.py --url https://127.0.0.1:8443
 
+# Destructive: deploys changed releases (deploy.yml, then fab deploy) under Locust's load.
+.PHONY: bench-deploy
+bench-deploy: $(VENV)/.load-installed ## requests, non-2xx and p99 through nginx during each deploy
+	$(ACTIVATE) python tests/bench/deploy.py --url $(URL) --inventory $(INVENTORY) --users $(USERS)
+
 # Destructive: they kill services and write products. The local hosts only, unless told.
 CHAOS_ARGS ?=
 .PHONY: chaos
