@@ -125,7 +125,7 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 	touch $@
 
 .PHONY: molecule
-molecule: images artifacts ## every molecule scenario (or SCENARIOS="common ...")
+molecule: images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ...")
 	@set -e; for s in $(SCENARIOS); do \
 	  echo "== molecule test -s $$s"; start=$$(date +%s); \
 	  $(ACTIVATE) molecule test -s $$s; \
