@@ -48,6 +48,8 @@ def amqp(peer, broker, v, action: str, queue: str, user=None, password=None, vho
             channel = connection.channel()
             channel.confirm_delivery()
             channel.queue_declare(queue=queue, durable=True)
+            if action == "declare":
+                return result
             if action in ("publish", "roundtrip"):
                 properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
                 body = f"stackkit {queue}".encode()
@@ -142,7 +144,7 @@ def test_the_vhost_defaults_to_the_configured_queue_type(host, v):
 @pytest.mark.destructive
 def test_a_queue_declared_without_a_type_gets_the_vhost_default(host, v, app_host):
     wanted = v("rabbitmq_vhost_default_queue_type")
-    amqp(app_host, host, v, "connect", "stackkit.probe.type")
+    assert amqp(app_host, host, v, "declare", "stackkit.probe.type")["connected"]
     queues = ctl(host, "list_queues", "-p", shlex.quote(v("rabbitmq_vhost")), "name", "type")
     assert {q["name"]: q["type"] for q in queues}["stackkit.probe.type"] == wanted
 

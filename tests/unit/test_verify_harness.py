@@ -112,14 +112,14 @@ def test_every_infra_test_file_has_read_only_or_destructive_checks_by_marker(tmp
 
 
 def test_a_variable_resolves_as_the_play_renders_it_or_fails_loudly(tmp_path):
-    facts = {"ansible_facts": {"ansible_default_ipv4": {"address": "10.1.2.3"}}}
+    facts = {"ansible_facts": {"processor_vcpus": 3}}
     resolver = PlayVars(
         str(inventory(tmp_path, True, redis_maxmemory="64mb")), facts=lambda host: facts
     )
     # The inventory overrides the role's default; a default renders through the facts.
     assert resolver.value("probe1", "redis_maxmemory", "redis") == "64mb"
     assert resolver.value("probe1", "redis_port", "redis") == 6379
-    assert resolver.value("probe1", "elasticsearch_network_host", "elasticsearch") == "10.1.2.3"
+    assert resolver.value("probe1", "gunicorn_workers", "gunicorn") == 7
     with pytest.raises(UnresolvedVariable, match="redis_no_such_variable is not defined"):
         resolver.value("probe1", "redis_no_such_variable", "redis")
     # A default whose template needs a fact the host did not report is an error, not its text.
