@@ -639,6 +639,7 @@ def failed_indexing_attempts(workers, since: str) -> int:
     )
 
 
+@pytest.mark.destructive
 def test_elasticsearch_stopped_and_started_again_loses_no_indexing(site, inventory_hosts):
     nodes = inventory_hosts("search")
     workers = inventory_hosts("worker")

@@ -51,13 +51,20 @@ def resp(*words: str) -> bytes:
     return b"".join(parts)
 
 
-def ping_from(peer, address: str, port: int, user: str, password: str) -> str:
-    """AUTH then PING over a raw TCP connection from another host (no Redis client needed)."""
+def ping_from(peer, address: str, port: int, user: str, password: str, ca: str = "") -> str:
+    """AUTH then PING over a raw TCP connection from another host (no Redis client needed);
+    through openssl s_client, checked against the CA `ca`, when Redis speaks TLS only."""
     payload = base64.b64encode(resp("AUTH", user, password) + resp("PING")).decode()
-    script = (
-        f"exec 3<>/dev/tcp/{address}/{port}; echo {payload} | base64 -d >&3; "
-        "head -c 12 <&3; exec 3>&-"
-    )
+    if ca:
+        script = (
+            f"(echo {payload} | base64 -d; sleep 2) | openssl s_client -quiet -verify_return_error"
+            f" -CAfile {shlex.quote(ca)} -connect {address}:{port} 2>/dev/null | head -c 12"
+        )
+    else:
+        script = (
+            f"exec 3<>/dev/tcp/{address}/{port}; echo {payload} | base64 -d >&3; "
+            "head -c 12 <&3; exec 3>&-"
+        )
     return peer.run(f"timeout 5 bash -c {shlex.quote(script)}").stdout
 
 
@@ -208,7 +215,8 @@ def test_allowed_hosts_reach_redis_and_others_do_not(host, v, inventory_hosts):
     allowed = [p for p in peers if address_of(p) in sources]
     outsiders = [p for p in peers if address_of(p) not in [*sources, target]]
     assert allowed, "no inventory host is among the allowed sources"
-    reply = ping_from(allowed[0], target, port, v("redis_app_user"), v("redis_app_password"))
+    ca = v("redis_tls_ca_certificate") if v("redis_tls_enabled") else ""
+    reply = ping_from(allowed[0], target, port, v("redis_app_user"), v("redis_app_password"), ca)
     assert reply == "+OK\r\n+PONG\r\n"
     for peer in outsiders[:2]:
         assert not tcp_reachable_from(peer, target, port)
