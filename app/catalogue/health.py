@@ -50,8 +50,10 @@ def check_rabbitmq(timeout: float) -> None:
     with app.pool.acquire(block=True, timeout=timeout) as conn:
         try:
             conn.ensure_connection(max_retries=1, timeout=timeout)
-            # A round trip: a kept connection may have died since it was last used.
-            conn.default_channel.queue_declare(settings.CELERY_TASK_DEFAULT_QUEUE, passive=True)
+            # A round trip: a kept connection may have died since it was last used. amq.direct
+            # is in every vhost, so the answer does not wait for a worker to declare its queues
+            # (a new host's release is checked before any worker runs).
+            conn.default_channel.exchange_declare("amq.direct", "direct", passive=True)
         except Exception:
             conn.collect()  # the pool opens a fresh one next time
             raise
