@@ -565,10 +565,9 @@ def test_history_documents_are_kept_in_mongodb(site, manage, images):
     assert [doc["kind"] for doc in history] == ["submission", "image_fetch"]
     assert history[0]["data"]["title"] == f"History {name}"
     raw = manage(
-        "import json, pymongo; from django.conf import settings as s; "
-        "c = pymongo.MongoClient(s.MONGODB_HOST, s.MONGODB_PORT, username=s.MONGODB_USER, "
-        "password=s.MONGODB_PASSWORD, authSource=s.MONGODB_AUTH_SOURCE); "
-        f"print(json.dumps(sorted(d['_id'] for d in c[s.MONGODB_DB].history.find("
+        # The app's own client: its address, credentials and TLS settings.
+        "import json; from catalogue.documents import MongoStore; db = MongoStore().db; "
+        f"print(json.dumps(sorted(d['_id'] for d in db.history.find("
         f"{{'product_id': '{product_id}'}}))))"
     )
     assert json.loads(raw) == [f"{product_id}:image_fetch:0", f"{product_id}:submission"]
