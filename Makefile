@@ -80,6 +80,11 @@ bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strate
 bench-app: bootstrap ## POST latency, time to searchable and autocomplete cache of the `make demo` catalogue
 	$(ACTIVATE) python tests/bench/app.py --url https://127.0.0.1:8443
 
+# Destructive: deploys changed releases (deploy.yml, then fab deploy) under Locust's load.
+.PHONY: bench-deploy
+bench-deploy: $(VENV)/.load-installed ## requests, non-2xx and p99 through nginx during each deploy
+	$(ACTIVATE) python tests/bench/deploy.py --url $(URL) --inventory $(INVENTORY) --users $(USERS)
+
 # Destructive: they kill services and write products. The local hosts only, unless told.
 CHAOS_ARGS ?=
 .PHONY: chaos
@@ -120,7 +125,7 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 	touch $@
 
 .PHONY: molecule
-molecule: images artifacts ## every molecule scenario (or SCENARIOS="common ...")
+molecule: images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ...")
 	@set -e; for s in $(SCENARIOS); do \
 	  echo "== molecule test -s $$s"; start=$$(date +%s); \
 	  $(ACTIVATE) molecule test -s $$s; \

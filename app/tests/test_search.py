@@ -5,7 +5,7 @@ import requests
 from django.core.management import call_command
 
 from catalogue import autocomplete_cache
-from catalogue.search import mappings, queries
+from catalogue.search import indexer, mappings, queries
 from catalogue.search.client import ElasticsearchClient, SearchError, SearchUnavailable
 from tests.http_fakes import Reply, Session
 
@@ -201,3 +201,21 @@ def test_client_reports_a_missing_alias_as_no_targets():
     session = Session(Reply(404, {"error": "alias [products] missing", "status": 404}))
     client = ElasticsearchClient("http://es:9200", session=session)
     assert client.alias_targets("products") == []
+
+
+@pytest.mark.django_db
+def test_reindex_if_changed_keeps_an_index_built_from_the_same_mapping(fake_es, store):
+    current = f"products-{indexer.definition_hash()}-20250101000000000000"
+    fake_es.aliases["products"] = [current]
+    call_command("reindex", "--if-changed")
+    assert fake_es.called("create_index") == []
+    assert fake_es.called("update_aliases") == []
+
+
+@pytest.mark.django_db
+def test_reindex_if_changed_rebuilds_when_the_mapping_differs(fake_es, store):
+    fake_es.aliases["products"] = ["products-0123456789-20250101000000000000"]
+    call_command("reindex", "--if-changed")
+    [(new_index, _)] = fake_es.called("create_index")
+    assert new_index.startswith(f"products-{indexer.definition_hash()}-")
+    assert fake_es.called("delete_index") == [("products-0123456789-20250101000000000000",)]

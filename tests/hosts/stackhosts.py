@@ -7,8 +7,10 @@ carries a hash of their recipe.
 
     stackhosts.py engine                      start the Docker engine if it is not running
     stackhosts.py image [--suite trixie]      build the base image unless it is cached
-    stackhosts.py up [--topology single]      start a topology, write inventories/local/hosts.yml
-    stackhosts.py down [--topology single]    remove its containers and network
+    stackhosts.py up [--topology single]      start a topology (or reuse its running hosts, data
+                                              and all), write inventories/local/hosts.yml
+    stackhosts.py down [--topology single]    remove its containers and network: the one way
+                                              to start over
     stackhosts.py create --prefix P H:G ...   start hosts for a molecule scenario, print JSON
     stackhosts.py destroy --prefix P          remove a molecule scenario's hosts
 """
@@ -349,6 +351,27 @@ def start_hosts(prefix: str, hosts: tuple[Host, ...], suite: str) -> dict[str, s
     return addresses
 
 
+def running_hosts(prefix: str, hosts: tuple[Host, ...], suite: str) -> dict[str, str] | None:
+    """The addresses of hosts PREFIX-NAME when every one of them runs the image it would be
+    started from and answers over SSH; None when any is missing, stopped or stale."""
+    if not engine_running() or not SSH_KEY.exists():
+        return None
+    mirrors = machine_mirrors()
+    addresses = {}
+    for host in hosts:
+        name = f"{prefix}-{host.name}"
+        fmt = "{{.State.Running}} {{.Config.Image}}"
+        found = subprocess.run(
+            ["docker", "inspect", "-f", fmt, name], capture_output=True, text=True, check=False
+        ).stdout.split()
+        if found != ["true", image_tag(host.suite or suite, mirrors)]:
+            return None
+        addresses[host.name] = container_ip(name, prefix)
+        if not succeeds("ssh", *ssh_options(), f"{DEPLOY_USER}@{addresses[host.name]}", "true"):
+            return None
+    return addresses
+
+
 def wait_for_ssh(name: str, address: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     cmd = ["ssh", *ssh_options(), f"{DEPLOY_USER}@{address}", "true"]
@@ -445,8 +468,15 @@ def main(argv: list[str] | None = None) -> int:
         for other in TOPOLOGIES:
             if other != args.topology:
                 stop_hosts(f"stackkit-{other}")
-        addresses = start_hosts(f"stackkit-{args.topology}", TOPOLOGIES[args.topology], args.suite)
-        forget_facts(addresses)
+        prefix, hosts = f"stackkit-{args.topology}", TOPOLOGIES[args.topology]
+        addresses = running_hosts(prefix, hosts, args.suite)
+        if addresses is not None:
+            log(
+                f"reusing the running {args.topology} hosts and their data (hosts-down: start over)"
+            )
+        else:
+            addresses = start_hosts(prefix, hosts, args.suite)
+            forget_facts(addresses)
         LOCAL_INVENTORY.write_text(render_inventory(args.topology, addresses))
         log(f"{len(addresses)} hosts up in {time.monotonic() - started:.0f} s: {LOCAL_INVENTORY}")
     elif args.command == "down":

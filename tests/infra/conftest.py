@@ -16,6 +16,7 @@ otherwise.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import select
@@ -345,3 +346,23 @@ def assert_sandboxed(host, unit: str, tier: str, running: bool = True) -> None:
     assert status["Seccomp"].strip() == "2", unit  # a filter is installed
     assert int(status["CapBnd"], 16) == 0, unit
     assert int(status["CapEff"], 16) == 0, unit
+
+
+# Run on the web host: the internal endpoints answer loopback (and monitoring) only.
+_INTERNAL_GET = r"""
+import json, ssl, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"Host": "127.0.0.1"})
+context = ssl._create_unverified_context()  # loopback: the certificate names the public names
+try:
+    with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+        status, body = answer.status, answer.read()
+except urllib.error.HTTPError as error:
+    status, body = error.code, error.read()
+print(json.dumps({"status": status, "body": body.decode()}))
+"""
+
+
+def internal_get(web, url: str) -> dict:
+    """GET an internal endpoint (/healthz, /readyz, /api/stats) of nginx on the web host
+    itself, the only place besides monitoring it answers: {"status": ..., "body": ...}."""
+    return json.loads(web.check_output("python3 -c %s %s", _INTERNAL_GET, url))

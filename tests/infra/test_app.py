@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from conftest import ROOT, address_of, render, var_of, wait_for
+from conftest import ROOT, address_of, internal_get, render, var_of, wait_for
 
 sys.path.insert(0, str(ROOT / "tests" / "hosts"))
 import site_client
@@ -36,20 +36,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(120)
 
 
 # --- the site and the services behind it -------------------------------------------------------
-
-
-# Run on the web host: the internal endpoints answer loopback (and monitoring) only.
-INTERNAL_GET = r"""
-import json, ssl, sys, urllib.error, urllib.request
-request = urllib.request.Request(sys.argv[1], headers={"Host": "127.0.0.1"})
-context = ssl._create_unverified_context()  # loopback: the certificate names the public names
-try:
-    with urllib.request.urlopen(request, timeout=10, context=context) as answer:
-        status, body = answer.status, answer.read()
-except urllib.error.HTTPError as error:
-    status, body = error.code, error.read()
-print(json.dumps({"status": status, "body": body.decode()}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +70,7 @@ class Site:
 
     def internal(self, path: str) -> Internal:
         """GET an internal endpoint (/readyz, /api/stats) from the web host's loopback."""
-        out = self.host.check_output("python3 -c %s %s", INTERNAL_GET, self.internal_base + path)
-        answer = json.loads(out)
+        answer = internal_get(self.host, self.internal_base + path)
         return Internal(answer["status"], answer["body"])
 
     def get(self, path: str, **params) -> requests.Response:

@@ -75,8 +75,13 @@ def run_preflight(tmp_path: Path, role: str, variables: dict) -> subprocess.Comp
             "hosts": "localhost",
             "connection": "local",
             "gather_facts": False,
-            # The address the inventory names as the host's private one.
-            "vars": {"ansible_facts": FACTS, "private_address": "10.0.0.5"},
+            # The address the inventory names as the host's private one; app_source_dir defaults
+            # to app/ beside the playbook's directory, and this play is not in playbooks/.
+            "vars": {
+                "ansible_facts": FACTS,
+                "private_address": "10.0.0.5",
+                "app_source_dir": str(ROOT / "app"),
+            },
             "roles": [role],
         }
     ]

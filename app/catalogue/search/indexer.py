@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,9 +23,22 @@ def alias_name() -> str:
     return settings.ELASTICSEARCH_ALIAS
 
 
+def definition_hash(definition: dict[str, Any] | None = None) -> str:
+    """A short digest of the index's settings and mapping: it names every index built from
+    them, so a deploy can tell whether the live index still matches the release's code."""
+    text = json.dumps(definition or INDEX_DEFINITION, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def new_index_name(alias: str, now: datetime | None = None) -> str:
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%f")
-    return f"{alias}-{stamp}"
+    return f"{alias}-{definition_hash()}-{stamp}"
+
+
+def is_current(client: ElasticsearchClient, alias: str) -> bool:
+    """True when the alias points at one index built from this release's definition."""
+    targets = client.alias_targets(alias)
+    return len(targets) == 1 and targets[0].startswith(f"{alias}-{definition_hash()}-")
 
 
 def ensure_alias(client: ElasticsearchClient, alias: str) -> str:

@@ -1,4 +1,7 @@
-"""Rebuild the search index from PostgreSQL into a new index, then swap the alias to it."""
+"""Rebuild the search index from PostgreSQL into a new index, then swap the alias to it.
+
+With --if-changed (what a deploy runs) nothing happens when the alias already points at an index
+built from this release's settings and mapping: their hash is part of every index's name."""
 
 from __future__ import annotations
 
@@ -18,12 +21,20 @@ class Command(BaseCommand):
         parser.add_argument(
             "--keep-old", action="store_true", help="keep the indices the alias pointed at"
         )
+        parser.add_argument(
+            "--if-changed",
+            action="store_true",
+            help="only when the settings or mapping differ from the live index's",
+        )
         parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
 
     def handle(self, *args: Any, **options: Any) -> None:
         client = get_client(timeout=options["timeout"])
         alias = indexer.alias_name()
         try:
+            if options["if_changed"] and indexer.is_current(client, alias):
+                self.stdout.write(f"alias {alias} already has this mapping: no reindex")
+                return
             result = indexer.rebuild(client, alias, keep_old=options["keep_old"])
         except (SearchError, SearchUnavailable) as exc:
             raise CommandError(f"reindex failed, alias {alias} unchanged: {exc}") from exc

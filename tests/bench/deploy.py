@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Constant load through nginx while a new release is deployed: does any request fail?
+
+    python tests/bench/deploy.py [--url https://127.0.0.1:8443] [--driver ansible,fab]
+                                 [--users 10] [--inventory inventories/local]
+
+For each driver, a copy of app/ with a changed stylesheet is deployed (a real release switch:
+every process of the app restarts) while Locust (tests/load/locustfile.py: page, autocomplete,
+search and new products) keeps USERS users busy. Locust runs exactly as long as the deploy.
+Prints, per driver: requests made, non-2xx, p99 latency and the deploy's own time; exits 1 when
+a deploy failed or any request got a non-2xx answer. Destructive: it deploys and adds products.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "hosts"))
+import site_client  # noqa: E402 - the suites' shared client: the demo's address
+
+STYLESHEET = Path("catalogue/static/catalogue/catalogue.css")  # under app/
+WARMUP = 5  # seconds of load before the deploy starts, so that every user is running
+
+
+def changed_checkout(directory: Path) -> Path:
+    """A copy of app/ that differs from the live release by one comment."""
+    checkout = directory / "app"
+    shutil.copytree(
+        ROOT / "app", checkout, ignore=shutil.ignore_patterns(".venv", "__pycache__", "staticfiles")
+    )
+    css = checkout / STYLESHEET
+    css.write_text(css.read_text() + f"/* bench {uuid.uuid4().hex} */\n")
+    return checkout
+
+
+def deploy_command(driver: str, checkout: Path, inventory: str) -> list[str]:
+    bin_dir = Path(sys.executable).parent
+    if driver == "ansible":
+        return [str(bin_dir / "ansible-playbook"), "-i", inventory, "playbooks/deploy.yml",
+                "-e", f"app_source_dir={checkout}"]  # fmt: skip
+    return [str(bin_dir / "fab"), "deploy", "--source", str(checkout), "--inventory", inventory]
+
+
+def aggregated(prefix: Path) -> dict[str, str]:
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        return next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
+
+
+def run_once(driver: str, args: argparse.Namespace, directory: Path) -> bool:
+    checkout = changed_checkout(directory / driver)
+    prefix = directory / f"{driver}-load"
+    locust = subprocess.Popen(
+        [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "tests/load/locustfile.py"),
+         "--headless", "--host", args.url, "--users", str(args.users),
+         "--spawn-rate", str(args.users), "--run-time", "30m", "--csv", str(prefix),
+         "--only-summary", "--loglevel", "WARNING"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "STACKKIT_API_TOKEN": site_client.api_token(args.inventory)},
+    )  # fmt: skip
+    time.sleep(WARMUP)  # Locust starts its users; the deploy must begin under full load
+    started = time.monotonic()
+    log = directory / f"{driver}-deploy.log"
+    with open(log, "w") as out:
+        deployed = subprocess.run(
+            deploy_command(driver, checkout, args.inventory), cwd=ROOT, stdout=out,
+            stderr=subprocess.STDOUT, check=False, timeout=1800,
+        )  # fmt: skip
+    seconds = time.monotonic() - started
+    locust.send_signal(signal.SIGTERM)
+    locust.communicate(timeout=60)
+    stats = aggregated(prefix)
+    failures = int(stats["Failure Count"])
+    print(
+        f"{driver:8} deploy {'ok' if deployed.returncode == 0 else 'FAILED'} in {seconds:.0f} s;"
+        f" requests {stats['Request Count']}, non-2xx {failures}, p99 {stats['99%']} ms"
+        f" (p50 {stats['50%']} ms, max {float(stats['Max Response Time']):.0f} ms)",
+        flush=True,
+    )
+    if deployed.returncode != 0:
+        print(log.read_text()[-3000:], file=sys.stderr)
+    if failures:
+        with open(f"{prefix}_failures.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                print(f"  {row['Occurrences']} x {row['Method']} {row['Name']}: {row['Error']}")
+    return deployed.returncode == 0 and failures == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=site_client.DEMO_URL)
+    parser.add_argument("--driver", default="ansible,fab", help="ansible, fab or both")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--inventory", default=os.environ.get("INVENTORY", "inventories/local"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
+        results = [run_once(d, args, Path(tmp)) for d in args.driver.split(",")]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

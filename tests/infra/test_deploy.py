@@ -1,0 +1,116 @@
+"""The release protocol through both drivers (playbooks/deploy.yml and `fab deploy`): a release
+that fails to compile, to migrate or to pass its readiness check is never made live; the run
+fails naming the step, and the previous release keeps serving through nginx."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, address_of, internal_get, render
+
+pytestmark = pytest.mark.destructive
+testinfra_hosts = ["ansible://web"]
+ROLE = "app"
+BIN = Path(sys.executable).parent
+
+MIGRATION = """\
+from django.db import migrations
+
+
+def fail(apps, schema_editor):
+    raise RuntimeError("a deliberately broken migration")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("catalogue", "0002_submission_outbox")]
+    operations = [migrations.RunPython(fail, migrations.RunPython.noop)]
+"""
+
+
+def syntax_error(app: Path) -> None:
+    views = app / "catalogue" / "views.py"
+    views.write_text(views.read_text() + "\ndef broken(:\n")
+
+
+def failing_migration(app: Path) -> None:
+    (app / "catalogue" / "migrations" / "0003_broken.py").write_text(MIGRATION)
+
+
+def failing_readiness(app: Path) -> None:
+    health = app / "catalogue" / "health.py"
+    text = health.read_text().replace(
+        "def check_postgresql(timeout: float) -> None:\n",
+        "def check_postgresql(timeout: float) -> None:\n"
+        "    raise RuntimeError('a deliberately unready release')\n",
+    )
+    health.write_text(text)
+
+
+BREAKAGES = {
+    "syntax error": (syntax_error, "step 'compile'"),
+    "failing migration": (failing_migration, "step 'migrate'"),
+    "failing readiness": (failing_readiness, "step 'readiness'"),
+}
+
+
+def deploy(driver: str, source: Path, inventory: str) -> subprocess.CompletedProcess:
+    if driver == "ansible":
+        command = [str(BIN / "ansible-playbook"), "-i", inventory, "playbooks/deploy.yml",
+                   "-e", f"app_source_dir={source}"]  # fmt: skip
+    else:
+        command = [str(BIN / "fab"), "deploy", "--source", str(source), "--inventory", inventory]
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _first_web_host(host):
+    """A deploy covers every host: run it once, checked from the first web host."""
+    if render(host, "inventory_hostname != groups['web'][0]"):
+        pytest.skip("deploys are checked from the first web host")
+
+
+@pytest.mark.parametrize("driver", ["ansible", "fab"])
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_a_broken_release_is_refused_and_the_live_one_keeps_serving(
+    host, v, driver, breakage, tmp_path, pytestconfig
+):
+    inventory = str(Path(pytestconfig.option.ansible_inventory).resolve())
+    live = host.file(f"{v('app_root')}/current").linked_to
+    checkout = tmp_path / "app"
+    shutil.copytree(
+        ROOT / "app", checkout, ignore=shutil.ignore_patterns(".venv", "__pycache__", "staticfiles")
+    )
+    breaks, step = BREAKAGES[breakage]
+    breaks(checkout)
+
+    result = deploy(driver, checkout, inventory)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert step in output, output[-3000:]
+    assert host.file(f"{v('app_root')}/current").linked_to == live
+    assert internal_get(host, "https://127.0.0.1/healthz")["status"] == 200
+
+
+@pytest.mark.parametrize("driver", ["ansible", "fab"])
+def test_a_release_switch_under_load_fails_no_request(host, driver, pytestconfig):
+    """tests/bench/deploy.py, short: Locust through nginx while a changed release goes live."""
+    pytest.importorskip("locust", reason="the load extra: pip install -e '.[load]'")
+    inventory = str(Path(pytestconfig.option.ansible_inventory).resolve())
+    url = f"https://{address_of(host)}"
+    command = [sys.executable, "tests/bench/deploy.py", "--url", url, "--driver", driver]
+    command += ["--users", "5", "--inventory", inventory]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert f"{driver:8} deploy ok" in result.stdout
+    assert "non-2xx 0," in result.stdout
