@@ -89,7 +89,8 @@ def host_names(c, inv: str | None) -> list[str]:
 @cache
 def connect(name: str, inv: str | None) -> Connection:
     """SSH as Ansible would: ansible_host, _user, _port, the key; unknown host keys refused
-    unless the inventory turns host key checking off, as it does for throwaway local hosts."""
+    unless the inventory turns host key checking off (ansible_host_key_checking, or the
+    StrictHostKeyChecking option it hands ssh), as it does for throwaway local hosts."""
     get = lambda expr: value(name, expr, inv)  # noqa: E731
     key = get("ansible_ssh_private_key_file | default(ansible_private_key_file) | default('')")
     conn = Connection(
@@ -102,10 +103,15 @@ def connect(name: str, inv: str | None) -> Connection:
         "ansible_host_key_checking | default(ansible_ssh_host_key_checking)"
         " | default(lookup('env', 'ANSIBLE_HOST_KEY_CHECKING') or True) | bool"
     )
-    args = shlex.split(str(get("ansible_ssh_common_args | default('')")))
-    for known in (a.split("=", 1)[1] for a in args if a.startswith("UserKnownHostsFile=")):
-        if Path(known).expanduser().is_file():
-            conn.client.load_host_keys(str(Path(known).expanduser()))
+    args = shlex.split(str(get(
+        "[ansible_ssh_common_args | default(''), ansible_ssh_extra_args | default('')] | join(' ')"
+    )))
+    options = dict(a.removeprefix("-o").split("=", 1) for a in args if "=" in a)
+    if options.get("StrictHostKeyChecking", "yes").lower() in ("no", "off"):
+        checking = False  # what ssh itself does with the arguments Ansible hands it
+    known = Path(options.get("UserKnownHostsFile", "~/.ssh/known_hosts")).expanduser()
+    if known.is_file():
+        conn.client.load_host_keys(str(known))
     conn.client.set_missing_host_key_policy(RejectPolicy() if checking else AutoAddPolicy())
     return conn
 

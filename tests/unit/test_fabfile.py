@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from invoke.exceptions import Exit
-from paramiko import AutoAddPolicy, RejectPolicy
+from paramiko import AutoAddPolicy, RejectPolicy, RSAKey
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -23,7 +23,9 @@ all:
   hosts:
     web1: {ansible_host: 10.0.0.5}
     web2: {ansible_host: 10.0.0.6, ansible_port: 2222, ansible_host_key_checking: false}
-    worker1: {ansible_host: 10.0.0.7}
+    worker1:
+      ansible_host: 10.0.0.7
+      ansible_ssh_common_args: -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no
     db1: {ansible_host: 10.0.0.8}
   children:
     web: {hosts: {web1: {}, web2: {}}}
@@ -62,6 +64,19 @@ def test_connection_comes_from_the_inventory_without_the_vault(inventory):
 
 def test_unknown_host_keys_are_refused_unless_the_inventory_says_otherwise(inventory):
     assert isinstance(fabfile.connect("web1", inventory).client._policy, RejectPolicy)
+
+
+def test_ssh_options_the_inventory_hands_ssh_decide_as_they_would_for_ssh(inventory, tmp_path):
+    known = tmp_path.parent / f"{tmp_path.name}.known_hosts"
+    known.write_text(f"10.0.0.5 ssh-rsa {RSAKey.generate(1024).get_base64()}\n")
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "web1.yml").write_text(
+        f"ansible_ssh_extra_args: -oUserKnownHostsFile={known}\n"
+    )
+    conn = fabfile.connect("web1", inventory)
+    assert isinstance(conn.client._policy, RejectPolicy)
+    assert "10.0.0.5" in conn.client.get_host_keys()
+    assert isinstance(fabfile.connect("worker1", inventory).client._policy, AutoAddPolicy)
 
 
 def test_an_unknown_host_is_refused(inventory):
