@@ -103,13 +103,8 @@ def connect(name: str, inv: str | None) -> Connection:
         "ansible_host_key_checking | default(ansible_ssh_host_key_checking)"
         " | default(lookup('env', 'ANSIBLE_HOST_KEY_CHECKING') or True) | bool"
     )
-    args = shlex.split(
-        str(
-            get(
-                "[ansible_ssh_common_args | default(''), ansible_ssh_extra_args | default('')] | join(' ')"
-            )
-        )
-    )
+    ssh_args = (get(f"ansible_ssh_{kind}_args | default('')") for kind in ("common", "extra"))
+    args = shlex.split(" ".join(map(str, ssh_args)))
     options = dict(a.removeprefix("-o").split("=", 1) for a in args if "=" in a)
     if options.get("StrictHostKeyChecking", "yes").lower() in ("no", "off"):
         checking = False  # what ssh itself does with the arguments Ansible hands it
