@@ -211,11 +211,13 @@ def test_nginx_serves_static_files_from_the_release(host, nginx_var, https, tls_
 
 
 def test_every_web_host_is_an_upstream(host, nginx_var):
-    site = host.file(f"/etc/nginx/sites-available/{nginx_var('nginx_site_name')}.conf")
+    """In the configuration nginx runs (`nginx -T`, its includes expanded), not in one file."""
     servers = nginx_var("nginx_upstream_servers")
     assert servers, "no upstream server in the inventory"
+    config = host.run("nginx -T")
+    assert config.rc == 0, config.stderr
     for server in servers:
-        assert f"server {server} " in site.content_string
+        assert f"server {server} " in config.stdout
 
 
 def nginx_site(host, nginx_var) -> str:
