@@ -321,9 +321,10 @@ def test_bad_input_is_refused_with_field_errors(site, payload, field):
 @pytest.mark.destructive
 def test_bad_input_stores_and_enqueues_nothing(site, db, queue_depths, inventory_hosts, images):
     """With the workers stopped, every message published stays in its queue: a refused post
-    adds none and no row, while an accepted one adds exactly one message."""
+    adds none and no row, while an accepted one adds exactly one message. Beat is stopped too:
+    its outbox re-drive publishes to the same queue every 30 s."""
     workers = inventory_hosts("worker")
-    with stopped(workers, "catalogue-worker-default"):
+    with stopped(workers, "catalogue-worker-default"), stopped(workers[:1], "catalogue-beat"):
         rows = db("SELECT count(*) FROM catalogue_product")[0][0]
         before = queue_depths()
         for bad in ({"title": "", "image_url": "http://x.example/a.png"}, {"title": "t"}, [1, 2]):
