@@ -46,7 +46,7 @@ PHASES = {
     "search": "Search",
     "post": "Writer",
 }
-WRITERS = 10  # users of the POST phase, each at BENCH_WRITES_PER_USER a second
+WRITERS = 5  # users of the POST phase, each at BENCH_WRITES_PER_USER a second
 
 
 def word() -> str:
@@ -79,7 +79,7 @@ def follow_products(url: str, token: str, count: int, stop: threading.Event, out
         started = time.perf_counter()
         answer = session.post(
             f"{url}/api/products/",
-            json={"title": f"Bench {name}", "image_url": "http://127.0.0.1/bench.png"},
+            json={"title": f"Bench {name}", "image_url": "http://images.invalid/bench.png"},
             timeout=10,
         )
         answer.raise_for_status()
@@ -131,7 +131,7 @@ def locust(phase: str, args: argparse.Namespace, token: str, directory: Path) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         check=True,
-        env={**os.environ, "STACKKIT_API_TOKEN": token, "BENCH_WRITES_PER_USER": "2"},
+        env={**os.environ, "STACKKIT_API_TOKEN": token, "BENCH_WRITES_PER_USER": "1"},
     )
     with open(f"{prefix}_stats.csv", newline="") as handle:
         row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")

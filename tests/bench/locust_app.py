@@ -72,7 +72,10 @@ class Writer(Bench):
 
     @task
     def add(self) -> None:
-        payload = {"title": f"bench {uuid.uuid4().hex[:10]}", "image_url": "http://127.0.0.1/b.png"}
+        payload = {
+            "title": f"bench {uuid.uuid4().hex[:10]}",
+            "image_url": "http://images.invalid/bench.png",
+        }
         with self.client.post(
             "/api/products/", json=payload, headers=self.headers, name="POST", catch_response=True
         ) as response:
