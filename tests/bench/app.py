@@ -131,7 +131,12 @@ def locust(phase: str, args: argparse.Namespace, token: str, directory: Path) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         check=True,
-        env={**os.environ, "STACKKIT_API_TOKEN": token, "BENCH_WRITES_PER_USER": "1"},
+        env={
+            **os.environ,
+            "STACKKIT_API_TOKEN": token,
+            "BENCH_WRITES_PER_USER": "1",
+            "BENCH_RATE_PER_USER": str(args.rate / users if args.rate else 0),
+        },
     )
     with open(f"{prefix}_stats.csv", newline="") as handle:
         row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
@@ -157,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=site_client.DEMO_URL)
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--duration", type=int, default=20, help="seconds per phase")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="requests a second per phase (0: flat out)"
+    )
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--searchable", type=int, default=20, help="products followed")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.machine()}",
         "label": args.label,
         "users": args.users,
+        "rate": args.rate,
         "duration": args.duration,
         "endpoints": {},
     }

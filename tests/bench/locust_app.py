@@ -1,6 +1,7 @@
 """The users `make bench-app` (tests/bench/app.py) sends through nginx, one kind per phase: each
 class is one endpoint, named as the report prints it. They wait for nothing between requests:
-a phase measures what the stack serves flat out at the given number of users.
+a phase measures what the stack serves flat out at the given number of users, or its latency at
+a set rate (BENCH_RATE_PER_USER).
 
 Writers send the API token in STACKKIT_API_TOKEN and keep under the write rate limit
 (BENCH_WRITES_PER_USER a second each).
@@ -32,9 +33,15 @@ def new_prefix() -> str:
     return "".join(random.choices(string.ascii_lowercase, k=6))
 
 
+def pace():
+    """Flat out, or BENCH_RATE_PER_USER requests a second per user (a set offered load)."""
+    rate = float(os.environ.get("BENCH_RATE_PER_USER") or 0)
+    return constant_throughput(rate) if rate > 0 else constant(0)
+
+
 class Bench(FastHttpUser):
     abstract = True
-    wait_time = constant(0)
+    wait_time = pace()
     # The local hosts' certificate comes from their test CA, which Locust's client cannot be
     # given: it skips verification (the other suites verify the chain).
     insecure = True
