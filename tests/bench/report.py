@@ -97,6 +97,49 @@ def converge_section(data: dict, directory: Path) -> list[str]:
     return [*lines, ""]
 
 
+def before_after_section(before: dict, after: dict, directory: Path) -> list[str]:
+    """The same bench before and after a change (converge-before.json beside converge.json)."""
+    names = [n for n in after["strategies"] if n in before["strategies"]]
+    lines = [
+        "### Before and after",
+        "",
+        f"Before: {before['date']}; after: {after['date']}.",
+        "",
+        "| strategy | cold before | cold after | no-op before | no-op after |",
+        "|---|---|---|---|---|",
+    ]
+    for n in names:
+        b, a = before["strategies"][n], after["strategies"][n]
+        lines.append(
+            f"| {n} | {b['cold']['seconds']:.1f} | {a['cold']['seconds']:.1f} | "
+            f"{b['noop']['seconds']:.1f} | {a['noop']['seconds']:.1f} |"
+        )
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = range(len(names))
+    ax.bar(
+        [i - 0.2 for i in x],
+        [before["strategies"][n]["noop"]["seconds"] for n in names],
+        0.4,
+        label="no-op before",
+    )
+    ax.bar(
+        [i + 0.2 for i in x],
+        [after["strategies"][n]["noop"]["seconds"] for n in names],
+        0.4,
+        label="no-op after",
+    )
+    ax.set_xticks(list(x), names)
+    ax.set_ylabel("seconds")
+    ax.set_title("no-op site.yml per strategy, before and after")
+    ax.legend()
+    return [
+        *lines,
+        "",
+        f"![before and after]({save(fig, directory, 'converge-before-after.png')})",
+        "",
+    ]
+
+
 def app_section(runs: dict[str, dict], directory: Path) -> list[str]:
     lines = ["## The app through nginx", ""]
     for label, data in runs.items():
@@ -150,7 +193,7 @@ def app_section(runs: dict[str, dict], directory: Path) -> list[str]:
             top.plot(t, [h[1] for h in s["history"]], label=name)
             bottom.plot(t, [h[2] for h in s["history"]], label=name)
     top.set_ylabel("req/s")
-    bottom.set_ylabel("p95 ms")
+    bottom.set_ylabel("p95 ms (Locust, recent window)")
     bottom.set_xlabel("seconds into the phase")
     top.set_title(f"over time, {label}")
     top.legend(fontsize="small")
@@ -185,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     converge = load(directory / "converge.json")
     if converge:
         lines += converge_section(converge, directory)
+        before = load(directory / "converge-before.json")
+        if before:
+            lines += before_after_section(before, converge, directory)
     app_runs = {
         (json.loads(p.read_text()).get("label") or p.stem): json.loads(p.read_text())
         for p in sorted(directory.glob("app*.json"), key=lambda p: p.stat().st_mtime)
