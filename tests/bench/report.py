@@ -166,7 +166,7 @@ def app_section(runs: dict[str, dict], directory: Path) -> list[str]:
                 )
         lines.append("")
 
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     endpoints = list(next(iter(runs.values()))["endpoints"])
     width = 0.8 / (3 * len(runs))
     for k, (label, data) in enumerate(runs.items()):
@@ -182,7 +182,7 @@ def app_section(runs: dict[str, dict], directory: Path) -> list[str]:
     ax.set_yscale("log")
     ax.set_ylabel("ms (log)")
     ax.set_title("latency percentiles per endpoint")
-    ax.legend(fontsize="small", ncol=len(runs))
+    ax.legend(fontsize="small", ncol=len(runs), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     lines += [f"![latency]({save(fig, directory, 'app-latency.png')})", ""]
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if before:
             lines += before_after_section(before, converge, directory)
     app_runs = {
-        (json.loads(p.read_text()).get("label") or p.stem): json.loads(p.read_text())
+        (json.loads(p.read_text()).get("label") or "latest"): json.loads(p.read_text())
         for p in sorted(directory.glob("app*.json"), key=lambda p: p.stat().st_mtime)
     }
     if app_runs:
