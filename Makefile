@@ -72,13 +72,27 @@ verify: bootstrap ## read-only checks of INVENTORY (writes nothing, stops nothin
 audit: bootstrap ## Lynis hardening index and unit exposure of every host of INVENTORY
 	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/audit.yml
 
+# Fresh hosts of their own (stackkit-bench-*): the floor, then a cold and a no-op site.yml per
+# strategy (linear, free, mitogen_linear). About 5 minutes per strategy on 2 cores.
 .PHONY: bench
-bench: bootstrap ## time site.yml on INVENTORY: first and no-op runs, per strategy
-	$(ACTIVATE) python tests/bench/converge.py --inventory $(INVENTORY)
+bench: images artifacts $(VENV)/.bench-installed ## floor vs cold vs no-op site.yml per strategy, on fresh hosts
+	$(ACTIVATE) python tests/bench/converge.py $(BENCH_ARGS)
 
+# Against the `make demo` catalogue: one Locust phase per endpoint. It adds products.
+BENCH_USERS    ?= 32
+BENCH_DURATION ?= 20
 .PHONY: bench-app
-bench-app: bootstrap ## POST latency, time to searchable and autocomplete cache of the `make demo` catalogue
-	$(ACTIVATE) python tests/bench/app.py --url https://127.0.0.1:8443
+bench-app: $(VENV)/.bench-installed ## req/s and p50/p95/p99 per endpoint, POST to stored/searchable, through nginx
+	$(ACTIVATE) python tests/bench/app.py --url $(URL) --users $(BENCH_USERS) \
+	  --duration $(BENCH_DURATION) $(BENCH_ARGS)
+
+.PHONY: bench-report
+bench-report: $(VENV)/.bench-installed ## plots and a Markdown report of the benches' figures in build/bench/
+	$(ACTIVATE) python tests/bench/report.py
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[load,speed,bench]'
+	touch $@
 
 # Destructive: deploys changed releases (deploy.yml, then fab deploy) under Locust's load.
 .PHONY: bench-deploy

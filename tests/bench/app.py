@@ -1,82 +1,59 @@
 #!/usr/bin/env python3
-"""Measure the catalogue as a user meets it: how fast a POST is accepted, and how long until the
-product is stored and then searchable.
+"""Measure the catalogue as its users meet it, through nginx: requests a second and latency
+percentiles per endpoint, and how long a new product takes to be stored and to be searchable.
 
-    python tests/bench/app.py [--url https://127.0.0.1:8443] [--posts 50] [--concurrency 8]
-                              [--searchable 10] [--prefixes 30]
+    python tests/bench/app.py [--url https://127.0.0.1:8443] [--users 32] [--duration 20]
+                              [--phases page,autocomplete-hot,...] [--searchable 20]
+                              [--json build/bench/app.json]
 
-Runs against a deployed stack (`make demo`). Prints, in milliseconds, the latency of sequential
-POSTs (median, 95th percentile, max), the throughput of concurrent POSTs, and for a few
-products the time from POST to stored (the insert task ran) and to searchable (the product's
-own made-up word finds it through /api/search), and what the autocomplete cache is worth: the
-latency of answers from Redis against answers from Elasticsearch. Every product it adds is a
-real one.
+Runs against a deployed stack (`make demo`). Each phase is Locust in headless mode
+(tests/bench/locust_app.py) driving one endpoint flat out with USERS users for DURATION
+seconds: the page, autocomplete on a few prefixes asked again and again (answers from the
+cache), autocomplete on prefixes never asked before (looked up in Elasticsearch), search, and
+POST (writers held under the write rate limit). During the POST phase, products posted one at a
+time measure POST -> stored (the insert task ran) and POST -> searchable (the product's made-up
+word finds it through /api/search). Prints a table and writes JSON for `make bench-report`.
+Every product it adds is a real one; any non-2xx answer makes it exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
+import platform
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from datetime import UTC, datetime
 from pathlib import Path
 
-import requests
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "hosts"))
+import site_client  # noqa: E402 - the suites' shared client: the demo's address and token
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "hosts"))
-import site_client
+LOCUSTFILE = Path(__file__).with_name("locust_app.py")
+# Phase -> the Locust user class that drives it.
+PHASES = {
+    "page": "Page",
+    "autocomplete-hot": "AutocompleteHot",
+    "autocomplete-cold": "AutocompleteCold",
+    "search": "Search",
+    "post": "Writer",
+}
+WRITERS = 5  # users of the POST phase, each at BENCH_WRITES_PER_USER a second
 
 
 def word() -> str:
     return "".join(random.choice("bdfgklmnprstvz") + random.choice("aeiou") for _ in range(5))
 
 
-def post(session: requests.Session, url: str, title: str) -> tuple[str, float]:
-    started = time.perf_counter()
-    response = session.post(
-        f"{url}/api/products/",
-        json={"title": title, "image_url": "http://127.0.0.1/bench.png"},
-        timeout=10,
-    )
-    elapsed = time.perf_counter() - started
-    response.raise_for_status()
-    return response.json()["id"], elapsed
-
-
-def stored(session: requests.Session, url: str, product_id: str) -> bool:
-    """The history endpoint reads without side effects (a product GET counts a view); the
-    submission document is written right after the row is committed."""
-    answer = session.get(f"{url}/api/products/{product_id}/history", timeout=10)
-    return answer.ok and bool(answer.json()["history"])
-
-
-def autocomplete(session: requests.Session, url: str, q: str) -> tuple[bool, float]:
-    started = time.perf_counter()
-    answer = session.get(f"{url}/api/autocomplete", params={"q": q}, timeout=10)
-    elapsed = time.perf_counter() - started
-    answer.raise_for_status()
-    return answer.json()["cached"], elapsed
-
-
-def autocomplete_rounds(
-    session: requests.Session, url: str, prefixes: list[str]
-) -> tuple[list[float], list[float]]:
-    """Ask for every prefix, round after round, until as many answers came from the cache: for a
-    moment after the index gained a product a process caches nothing, so rounds miss again."""
-    from_cache: list[float] = []
-    looked_up: list[float] = []
-    deadline = time.perf_counter() + 30
-    while len(from_cache) < len(prefixes) and time.perf_counter() < deadline:
-        for q in prefixes:
-            cached, elapsed = autocomplete(session, url, q)
-            (from_cache if cached else looked_up).append(elapsed)
-    return from_cache, looked_up
-
-
-def until(condition, timeout: float = 120.0, interval: float = 0.05) -> float:
+def until(condition, timeout: float = 60.0, interval: float = 0.05) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         if condition():
@@ -85,69 +62,172 @@ def until(condition, timeout: float = 120.0, interval: float = 0.05) -> float:
     raise TimeoutError("condition not met")
 
 
-def summary(name: str, seconds: list[float]) -> str:
-    ms = sorted(s * 1000 for s in seconds)
-    p95 = ms[max(0, round(0.95 * len(ms)) - 1)]
-    return (
-        f"{name:<28} n={len(ms):<4} median {statistics.median(ms):7.1f} ms"
-        f"   p95 {p95:7.1f} ms   max {ms[-1]:7.1f} ms"
-    )
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, round(p / 100 * len(ordered)) - 1)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=site_client.DEMO_URL)
-    parser.add_argument("--posts", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--searchable", type=int, default=10)
-    parser.add_argument("--prefixes", type=int, default=30)
-    args = parser.parse_args()
-    url = args.url.rstrip("/")
-    token = site_client.api_token()
+def follow_products(url: str, token: str, count: int, stop: threading.Event, out: dict) -> None:
+    """POST one product at a time; time until its history (the insert task's submission record,
+    written once the row is committed) exists, and until search finds its own made-up word."""
     session = site_client.session(token)
-    session.get(f"{url}/", timeout=10).raise_for_status()
-
-    latencies = [post(session, url, f"Bench {word()}")[1] for _ in range(args.posts)]
-    print(summary("POST accepted (sequential)", latencies))
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        posted = list(
-            pool.map(
-                lambda _: post(site_client.session(token), url, f"Bench {word()}"),
-                range(args.posts),
-            )
-        )
-    wall = time.perf_counter() - started
-    print(summary(f"POST accepted ({args.concurrency} at once)", [t for _, t in posted]))
-    print(f"{'throughput':<28} {args.posts / wall:.1f} POSTs/s")
-    # The workers catch up with the burst; the next figures start from an idle queue.
-    backlog = until(lambda: all(stored(session, url, pid) for pid, _ in posted[-5:]))
-    print(f"{'burst stored after':<28} {(wall + backlog) * 1000:.0f} ms from its first POST")
-
-    stored_after, searchable = [], []
-    for _ in range(args.searchable):
+    stored, searchable = [], []
+    for _ in range(count):
+        if stop.is_set():
+            break
         name = word()
-        product_id, accepted = post(session, url, f"Bench {name}")
+        started = time.perf_counter()
+        answer = session.post(
+            f"{url}/api/products/",
+            json={"title": f"Bench {name}", "image_url": "http://images.invalid/bench.png"},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        product_id = answer.json()["id"]
+
+        def is_stored(product_id: str = product_id) -> bool:
+            history = session.get(f"{url}/api/products/{product_id}/history", timeout=10)
+            return history.ok and bool(history.json()["history"])
 
         def is_found(name: str = name, product_id: str = product_id) -> bool:
-            answer = session.get(f"{url}/api/search", params={"q": name}, timeout=10)
-            return answer.ok and product_id in [hit["id"] for hit in answer.json()["results"]]
+            found = session.get(f"{url}/api/search", params={"q": name}, timeout=10)
+            return found.ok and product_id in [hit["id"] for hit in found.json()["results"]]
 
-        stored_after.append(accepted + until(partial(stored, session, url, product_id)))
-        searchable.append(accepted + until(is_found))
-    print(summary("POST to stored", stored_after))
-    print(summary("POST to searchable", searchable))
+        until(is_stored)
+        stored.append(time.perf_counter() - started)
+        until(is_found)
+        searchable.append(time.perf_counter() - started)
+    out["stored"], out["searchable"] = stored, searchable
 
-    from_cache, looked_up = autocomplete_rounds(
-        session, url, [word()[:3] for _ in range(args.prefixes)]
+
+def locust(phase: str, args: argparse.Namespace, token: str, directory: Path) -> dict:
+    prefix = directory / phase
+    users = WRITERS if phase == "post" else args.users
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "locust"),
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--host",
+            args.url,
+            "--users",
+            str(users),
+            "--spawn-rate",
+            str(users),
+            "--run-time",
+            f"{args.duration}s",
+            "--csv",
+            str(prefix),
+            "--csv-full-history",
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--exit-code-on-error",
+            "0",
+            PHASES[phase],
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        env={
+            **os.environ,
+            "STACKKIT_API_TOKEN": token,
+            "BENCH_WRITES_PER_USER": "1",
+            "BENCH_RATE_PER_USER": str(args.rate / users if args.rate else 0),
+        },
     )
-    for name, seconds in (
-        ("autocomplete from cache", from_cache),
-        ("autocomplete looked up", looked_up),
-    ):
-        print(summary(name, seconds) if seconds else f"{name:<28} none")
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    with open(f"{prefix}_stats_history.csv", newline="") as handle:
+        history = [
+            (int(r["Timestamp"]), float(r["Requests/s"]), float(r["95%"] or 0))
+            for r in csv.DictReader(handle)
+            if r["Name"] == "Aggregated" and r["95%"] not in ("", "N/A")
+        ]
+    return {
+        "users": users,
+        "requests": int(row["Request Count"]),
+        "non_2xx": int(row["Failure Count"]),
+        "rps": round(float(row["Requests/s"]), 1),
+        **{f"p{p}": float(row[f"{p}%"]) for p in (50, 95, 99)},
+        "max": round(float(row["Max Response Time"]), 1),
+        "history": [(t - history[0][0], rps, p95) for t, rps, p95 in history] if history else [],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=site_client.DEMO_URL)
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--duration", type=int, default=20, help="seconds per phase")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="requests a second per phase (0: flat out)"
+    )
+    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--searchable", type=int, default=20, help="products followed")
+    parser.add_argument("--label", default="", help="a name for this run in the JSON")
+    parser.add_argument("--json", type=Path, help="default: build/bench/app[-LABEL].json")
+    args = parser.parse_args(argv)
+    args.url = args.url.rstrip("/")
+    token = site_client.api_token()
+    site_client.session().get(f"{args.url}/", timeout=10).raise_for_status()
+    results: dict = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.machine()}",
+        "label": args.label,
+        "users": args.users,
+        "rate": args.rate,
+        "duration": args.duration,
+        "endpoints": {},
+    }
+    print(
+        f"{'endpoint':<20}{'users':>6}{'requests':>9}{'non-2xx':>8}{'req/s':>8}"
+        f"{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+    )
+    followed: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
+        for phase in args.phases.split(","):
+            stop = threading.Event()
+            follower = None
+            if phase == "post":
+                follower = threading.Thread(
+                    target=follow_products, args=(args.url, token, args.searchable, stop, followed)
+                )
+                follower.start()
+            stats = locust(phase, args, token, Path(tmp))
+            if follower:
+                follower.join()
+            results["endpoints"][phase] = stats
+            print(
+                f"{phase:<20}{stats['users']:>6}{stats['requests']:>9}{stats['non_2xx']:>8}"
+                f"{stats['rps']:>8.0f}{stats['p50']:>8.0f}{stats['p95']:>8.0f}"
+                f"{stats['p99']:>8.0f}{stats['max']:>8.0f}",
+                flush=True,
+            )
+    for name in ("stored", "searchable"):
+        seconds = followed.get(name)
+        if not seconds:
+            continue
+        results[f"post_to_{name}"] = {
+            "n": len(seconds),
+            "p50": round(statistics.median(seconds), 3),
+            "p95": round(percentile(seconds, 95), 3),
+            "max": round(max(seconds), 3),
+        }
+        r = results[f"post_to_{name}"]
+        print(
+            f"POST -> {name:<12} n={r['n']:<3} p50 {r['p50']:.2f} s  p95 {r['p95']:.2f} s"
+            f"  max {r['max']:.2f} s"
+        )
+    out = args.json or ROOT / "build" / "bench" / (
+        f"app-{args.label}.json" if args.label else "app.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return 1 if any(s["non_2xx"] for s in results["endpoints"].values()) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import signal
@@ -57,6 +58,33 @@ def aggregated(prefix: Path) -> dict[str, str]:
         return next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
 
 
+def write_json(driver: str, prefix: Path, stats: dict[str, str], seconds: float) -> None:
+    """build/bench/deploy-DRIVER.json for `make bench-report`: the figures and, a second at a
+    time from the deploy's start, requests a second and p95 latency."""
+    with open(f"{prefix}_stats_history.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["Name"] == "Aggregated"]
+    start = int(rows[0]["Timestamp"]) + WARMUP if rows else 0
+    history = [
+        (int(r["Timestamp"]) - start, float(r["Requests/s"]), float(r["95%"]))
+        for r in rows
+        if r["95%"] not in ("", "N/A")
+    ]
+    out = ROOT / "build" / "bench" / f"deploy-{driver}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "seconds": round(seconds, 1),
+                "requests": int(stats["Request Count"]),
+                "non_2xx": int(stats["Failure Count"]),
+                "p99": stats["99%"],
+                "history": history,
+            },
+            indent=2,
+        )
+    )
+
+
 def run_once(driver: str, args: argparse.Namespace, directory: Path) -> bool:
     checkout = changed_checkout(directory / driver)
     prefix = directory / f"{driver}-load"
@@ -64,6 +92,7 @@ def run_once(driver: str, args: argparse.Namespace, directory: Path) -> bool:
         [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "tests/load/locustfile.py"),
          "--headless", "--host", args.url, "--users", str(args.users),
          "--spawn-rate", str(args.users), "--run-time", "30m", "--csv", str(prefix),
+         "--csv-full-history",
          "--only-summary", "--loglevel", "WARNING"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "STACKKIT_API_TOKEN": site_client.api_token(args.inventory)},
@@ -87,6 +116,7 @@ def run_once(driver: str, args: argparse.Namespace, directory: Path) -> bool:
         f" (p50 {stats['50%']} ms, max {float(stats['Max Response Time']):.0f} ms)",
         flush=True,
     )
+    write_json(driver, prefix, stats, seconds)
     if deployed.returncode != 0:
         print(log.read_text()[-3000:], file=sys.stderr)
     if failures:
