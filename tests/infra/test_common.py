@@ -91,6 +91,20 @@ def test_sshd_lets_in_the_deploy_user_only_and_forwards_nothing(host, v):
     assert allowed == {v("common_deploy_user"), *v("common_sshd_allow_users")}
 
 
+def test_the_bootstrap_account_is_locked_and_keyless(host, v):
+    """The cloud image's account: password locked, expired (sshd and sudo ask PAM, which
+    refuses it), its keys gone, and sshd turns it away even with the key it once had."""
+    user = v("common_bootstrap_user")
+    if not user or not host.user(user).exists:
+        pytest.skip("this inventory names no bootstrap account, or the host has none")
+    assert host.check_output(f"passwd -S {shlex.quote(user)}").split()[1] == "L"
+    assert host.user(user).expiration_date is not None
+    assert host.user(user).expiration_date.year == 1970
+    home = host.user(user).home
+    assert not host.file(f"{home}/.ssh/authorized_keys").exists
+    assert user not in host.check_output("sshd -T | grep ^allowusers || true").split()
+
+
 def test_no_core_dumps_and_no_usb_storage(host, v):
     limits = host.file("/etc/security/limits.d/10-stackkit-core.conf").content_string.split()
     assert limits[-4:] == ["*", "hard", "core", "0"]
