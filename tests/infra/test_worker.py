@@ -3,6 +3,8 @@ account, durable queues on the broker, and beat on exactly one host."""
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 from conftest import assert_sandboxed, main_pid, process_limits, var_of, wait_for
 
@@ -46,6 +48,33 @@ def test_workers_and_beat_are_sandboxed(host, workers):
         assert_sandboxed(host, unit(worker), "app")
     if host.service("catalogue-beat").is_running:
         assert_sandboxed(host, "catalogue-beat", "app")
+
+
+# Connects to the data tier's PostgreSQL port; prints the errno (0: connected).
+CONNECT = (
+    "import socket, sys; s = socket.socket(); s.settimeout(3); "
+    "print(s.connect_ex((sys.argv[1], int(sys.argv[2]))))"
+)
+
+
+def test_a_worker_denied_the_data_tier_cannot_reach_it(host, workers, inventory_hosts):
+    """What a worker's IPAddressDeny= does, not only what it says: a process of the same user
+    under the unit's own setting cannot connect to PostgreSQL, which the host itself reaches.
+    (No listener is started: the probe connects to the database that serves.)"""
+    denied = [w for w in workers if w.get("ip_address_deny")]
+    if not denied:
+        pytest.skip("no worker of this host is denied any address")
+    db = inventory_hosts("db")[0]
+    address = var_of(db, "private_address", "postgresql")
+    port = str(var_of(db, "postgresql_port", "postgresql"))
+    deny = host.check_output(f"systemctl show {unit(denied[0])} -p IPAddressDeny --value")
+    if address not in {entry.split("/")[0] for entry in deny.split()}:
+        pytest.skip("this host shares an address with the data tier (one-host topology)")
+    user = host.check_output(f"systemctl show {unit(denied[0])} -p User --value")
+    probe = f"python3 -c {shlex.quote(CONNECT)} {address} {port}"
+    run = f"systemd-run --quiet --wait --pipe -p User={shlex.quote(user)}"
+    assert host.check_output(f"{run} {probe}") == "0"
+    assert host.check_output(f"{run} -p IPAddressDeny={shlex.quote(deny)} {probe}") != "0"
 
 
 def test_broker_queues_are_durable_and_consumed(inventory_hosts, workers):
