@@ -128,7 +128,7 @@ lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argume
 	$(PY) tests/lint/unit_security.py
 
 .PHONY: unit
-unit: bootstrap app/.venv/.installed ## unit tests of the kit's Python code and of the app
+unit: bootstrap app/.venv/.installed $(VENV)/.bench-installed ## unit tests of the kit's Python code and of the app
 	$(ACTIVATE) pytest -q -p no:cacheprovider tests/unit
 	cd app && .venv/bin/python -m pytest -q -p no:cacheprovider
 
