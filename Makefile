@@ -90,7 +90,7 @@ bench-app: $(VENV)/.bench-installed ## req/s and p50/p95/p99 per endpoint, POST 
 bench-report: $(VENV)/.bench-installed ## plots and a Markdown report of the benches' figures in build/bench/
 	$(ACTIVATE) python tests/bench/report.py
 
-$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+$(VENV)/.bench-installed: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[load,speed,bench]'
 	touch $@
 
@@ -114,7 +114,7 @@ load: $(VENV)/.load-installed ## a mixed load (Locust) for DURATION; fails on an
 	  locust -f tests/load/locustfile.py --headless --host $(URL) \
 	  --users $(USERS) --spawn-rate $(USERS) --run-time $(DURATION) --only-summary
 
-$(VENV)/.load-installed: $(VENV)/.installed pyproject.toml
+$(VENV)/.load-installed: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[load]'
 	touch $@
 
