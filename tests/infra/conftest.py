@@ -42,6 +42,11 @@ from unit_security import APP_BOUND, DATA_BOUND  # noqa: E402
 
 EXPOSURE_BOUNDS = {"app": APP_BOUND, "data": DATA_BOUND}
 
+# psql as the superuser, as every superuser session must run in a database where other roles
+# create objects: names resolve in pg_catalog (and the session's temporary schema) only, so no
+# operator or function they planted is chosen; the app's tables are named with their schema.
+SUPERUSER_PSQL = "runuser -u postgres -- env PGOPTIONS='-c search_path=pg_catalog,pg_temp' psql -X"
+
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

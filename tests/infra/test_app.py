@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from conftest import ROOT, address_of, internal_get, render, var_of, wait_for
+from conftest import ROOT, SUPERUSER_PSQL, address_of, internal_get, render, var_of, wait_for
 
 sys.path.insert(0, str(ROOT / "tests" / "hosts"))
 import site_client
@@ -110,9 +110,7 @@ def db(inventory_hosts, var):
     database = var("app_postgres_db", ROLE)
 
     def sql(query: str) -> list[list[str]]:
-        out = peer.check_output(
-            f"runuser -u postgres -- psql -d {database} -tAF '|' -c {shlex.quote(query)}"
-        )
+        out = peer.check_output(f"{SUPERUSER_PSQL} -d {database} -tAF '|' -c {shlex.quote(query)}")
         return [line.split("|") for line in out.splitlines() if line]
 
     return sql
@@ -325,14 +323,14 @@ def test_bad_input_stores_and_enqueues_nothing(site, db, queue_depths, inventory
     its outbox re-drive publishes to the same queue every 30 s."""
     workers = inventory_hosts("worker")
     with stopped(workers, "catalogue-worker-default"), stopped(workers[:1], "catalogue-beat"):
-        rows = db("SELECT count(*) FROM catalogue_product")[0][0]
+        rows = db("SELECT count(*) FROM public.catalogue_product")[0][0]
         before = queue_depths()
         for bad in ({"title": "", "image_url": "http://x.example/a.png"}, {"title": "t"}, [1, 2]):
             assert site.post("/api/products/", bad).status_code == 400
         batch = {"products": [{"title": "good", "image_url": f"{images.base}/img/a.png"}, {}]}
         assert site.post("/api/products/batch", batch).status_code == 400
         assert queue_depths() == before
-        assert db("SELECT count(*) FROM catalogue_product")[0][0] == rows
+        assert db("SELECT count(*) FROM public.catalogue_product")[0][0] == rows
 
         product_id = site.add(f"Control {word()}", f"{images.base}/img/control.png")
         expected = before.get("default", 0) + 1
@@ -402,7 +400,9 @@ def test_a_redelivered_insert_creates_no_second_product(site, manage, db, images
         f"print(insert_product.delay({again!r}).get(timeout=30)['created'])"
     )
     assert result == "False"
-    rows = db(f"SELECT count(*), min(title) FROM catalogue_product WHERE id = '{product_id}'")
+    rows = db(
+        f"SELECT count(*), min(title) FROM public.catalogue_product WHERE id = '{product_id}'"
+    )
     assert rows[0][0] == "1"
     assert rows[0][1].startswith("Twice ")
 
@@ -545,16 +545,17 @@ def test_events_are_rows_in_monthly_partitions(site, db, images):
     assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
 
     def kinds() -> set[str]:
-        query = f"SELECT kind FROM catalogue_event WHERE product_id = '{product_id}'"
+        query = f"SELECT kind FROM public.catalogue_event WHERE product_id = '{product_id}'"
         return {row[0] for row in db(query)}
 
     assert wait_for(lambda: {"created", "indexed", "viewed"} <= kinds(), timeout=30)
     month = datetime.now(UTC).strftime("%Y%m")
     tables = db(
-        f"SELECT DISTINCT tableoid::regclass FROM catalogue_event WHERE product_id = '{product_id}'"
+        "SELECT DISTINCT tableoid::regclass FROM public.catalogue_event"
+        f" WHERE product_id = '{product_id}'"
     )
-    assert tables == [[f"catalogue_event_p{month}"]]
-    assert db("SELECT count(*) FROM ONLY catalogue_event") == [["0"]]
+    assert tables == [[f"public.catalogue_event_p{month}"]]
+    assert db("SELECT count(*) FROM ONLY public.catalogue_event") == [["0"]]
 
 
 @pytest.mark.destructive
@@ -578,7 +579,7 @@ def test_history_documents_are_kept_in_mongodb(site, manage, images):
 
 
 LOCK_HELD = (
-    "SELECT count(*) FROM pg_locks WHERE relation = 'catalogue_product'::regclass"
+    "SELECT count(*) FROM pg_locks WHERE relation = 'public.catalogue_product'::regclass"
     " AND granted AND mode = 'ShareRowExclusiveLock'"
 )
 # An insert waiting for the lock (Django sends parameters inline: the id is in the text).
@@ -604,10 +605,11 @@ def test_a_worker_killed_in_the_middle_of_an_insert_loses_no_product(site, db, i
     lock = f"stackkit-test-lock-{uuid.uuid4().hex[:8]}"
     lock_session = f"application_name = '{lock}'"
     db_host.check_output(
-        f"systemd-run --unit {lock} --setenv PGAPPNAME={lock} runuser -u postgres -- "
-        "psql -d catalogue -c "
+        f"systemd-run --unit {lock} --setenv PGAPPNAME={lock} {SUPERUSER_PSQL} "
+        "-d catalogue -c "
         + shlex.quote(
-            "BEGIN; LOCK TABLE catalogue_product IN SHARE ROW EXCLUSIVE MODE; SELECT pg_sleep(120);"
+            "BEGIN; LOCK TABLE public.catalogue_product IN SHARE ROW EXCLUSIVE MODE;"
+            " SELECT pg_sleep(120);"
         )
     )
     try:
@@ -622,7 +624,7 @@ def test_a_worker_killed_in_the_middle_of_an_insert_loses_no_product(site, db, i
         db(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {lock_session}")
     assert wait_for(lambda: all(p not in ("0", b) for p, b in zip(pids(), before, strict=True)), 30)
     site.stored(product_id, timeout=90)
-    assert db(f"SELECT count(*) FROM catalogue_product WHERE id = '{product_id}'") == [["1"]]
+    assert db(f"SELECT count(*) FROM public.catalogue_product WHERE id = '{product_id}'") == [["1"]]
 
 
 @pytest.mark.destructive

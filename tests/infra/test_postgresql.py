@@ -15,15 +15,24 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from conftest import ROOT, address_of, assert_sandboxed, main_pid, relay_from, wait_for
+from conftest import (
+    ROOT,
+    SUPERUSER_PSQL,
+    address_of,
+    assert_sandboxed,
+    main_pid,
+    relay_from,
+    wait_for,
+)
 
 testinfra_hosts = ["ansible://db"]
 ROLE = "postgresql"
 
 
 def psql(host, sql: str, database: str = "postgres") -> str:
-    """Run SQL as postgres over the unix socket; return unaligned, tuples-only output."""
-    cmd = "sudo -u postgres psql -X -At -v ON_ERROR_STOP=1 -d {} -c {}"
+    """Run SQL as postgres over the unix socket, its path pinned to pg_catalog (so the names of
+    the kit's and the app's objects carry their schema); unaligned, tuples-only output."""
+    cmd = f"{SUPERUSER_PSQL} -At -v ON_ERROR_STOP=1 -d {{}} -c {{}}"
     return host.check_output(cmd.format(shlex.quote(database), shlex.quote(sql)))
 
 
@@ -278,6 +287,62 @@ def test_no_security_definer_function_of_a_superuser_and_none_for_public(host, v
         assert public == "", f"PUBLIC may execute in {database}: {public}"
 
 
+def test_superuser_sessions_resolve_names_in_pg_catalog_only(host):
+    """A session as postgres that pins nothing itself (an operator's psql) still resolves
+    operators and functions in pg_catalog only: the app's roles create objects in `public`."""
+    plain = host.check_output("runuser -u postgres -- psql -X -At -c 'SHOW search_path'")
+    assert plain == "pg_catalog, pg_temp"
+    for unit in ("postgresql-partitions.service", "postgresql-backup.service"):
+        environment = host.check_output(f"systemctl show -p Environment --value {unit}")
+        script = host.file("/usr/local/sbin/postgresql-backup").content_string
+        assert (
+            "PGOPTIONS=-c search_path=pg_catalog,pg_temp" in environment
+            or "PGOPTIONS='-c search_path=pg_catalog,pg_temp'" in script
+        ), unit
+
+
+def test_databases_belong_to_postgres_and_no_role_shapes_their_sessions(host, v):
+    """The app's owner role owns its tables, not the database: it can neither set a
+    search_path for every session of the database nor create a schema (one named like a
+    superuser would come first on that superuser's default path)."""
+    for db in v("postgresql_databases"):
+        name = db["name"]
+        assert psql(host, f"SELECT datdba::regrole FROM pg_database WHERE datname = '{name}'") == (
+            "postgres"
+        )
+        settings = psql(
+            host,
+            "SELECT coalesce(s.setrole::regrole::text, 'every role') || ': ' || c"
+            " FROM pg_db_role_setting s, unnest(s.setconfig) AS c"
+            f" WHERE s.setdatabase = (SELECT oid FROM pg_database WHERE datname = '{name}')"
+            " AND c LIKE 'search\\_path=%'",
+        )
+        assert settings == "", f"{name} sets a search_path: {settings}"
+        creators = psql(
+            host,
+            "SELECT r.rolname FROM pg_roles r WHERE NOT r.rolsuper"
+            f" AND has_database_privilege(r.oid, '{name}', 'CREATE') ORDER BY 1",
+        )
+        assert creators == "", f"may create schemas in {name}: {creators}"
+        superuser_schemas = psql(
+            host,
+            "SELECT n.nspname FROM pg_namespace n JOIN pg_roles r ON r.rolname = n.nspname"
+            " WHERE r.rolsuper",
+            name,
+        )
+        assert superuser_schemas == "", f"schemas named like a superuser in {name}"
+
+
+def test_only_postgres_logs_in_over_the_socket_without_a_password(host):
+    """An OS account named like a database role (the app's, say) is asked for its password."""
+    rules = psql(
+        host,
+        "SELECT array_to_string(user_name, ',') FROM pg_hba_file_rules"
+        " WHERE type = 'local' AND auth_method IN ('peer', 'ident', 'trust')",
+    )
+    assert rules.split() == ["postgres"]
+
+
 @pytest.mark.destructive
 def test_runtime_role_changes_rows_but_no_schema(host, v, runtime_login, events):
     """The role the app runs as writes rows (a new month's child included) and is refused
@@ -334,9 +399,9 @@ CREATE FUNCTION stackkit_attack_predicate(integer) RETURNS boolean LANGUAGE plpg
 AS $$ BEGIN RETURN public.stackkit_attack_payload(); END $$;
 """
 ATTACK_CLEANUP = """
-DROP FUNCTION IF EXISTS stackkit_attack_predicate(integer) CASCADE;
-DROP FUNCTION IF EXISTS stackkit_attack_payload();
-DROP TABLE IF EXISTS stackkit_attack_log;
+DROP FUNCTION IF EXISTS public.stackkit_attack_predicate(integer) CASCADE;
+DROP FUNCTION IF EXISTS public.stackkit_attack_payload();
+DROP TABLE IF EXISTS public.stackkit_attack_log;
 """
 
 
@@ -372,19 +437,19 @@ def test_owner_code_on_a_new_child_never_runs_as_a_superuser(host, v, app_login,
             )
             assert index.rc == 0, index.stderr
         for path, sql in paths.items():
-            psql(host, "TRUNCATE stackkit_attack_log", database)
+            psql(host, "TRUNCATE public.stackkit_attack_log", database)
             result = as_role(host, v, app_login, sql)
             assert result.rc == 0, f"{path}: {result.stderr}"
-            ran_as = set(psql(host, "SELECT who FROM stackkit_attack_log", database).split())
+            ran_as = set(psql(host, "SELECT who FROM public.stackkit_attack_log", database).split())
             assert ran_as == {owner}, f"through {path} the owner's code ran as {ran_as}"
         for table in declarative:
             # The timer runs as postgres and makes the children ahead: take the last one away.
             newest = children(host, table)[-1]
             psql(host, f"DROP TABLE {table.get('schema', 'public')}.{newest}", database)
-            psql(host, "TRUNCATE stackkit_attack_log", database)
+            psql(host, "TRUNCATE public.stackkit_attack_log", database)
             host.check_output("systemctl start postgresql-partitions.service")
             assert newest in children(host, table)
-            ran_as = set(psql(host, "SELECT who FROM stackkit_attack_log", database).split())
+            ran_as = set(psql(host, "SELECT who FROM public.stackkit_attack_log", database).split())
             assert ran_as == {owner}, f"through the timer the owner's code ran as {ran_as}"
         assert psql(host, f"SELECT rolsuper FROM pg_roles WHERE rolname = '{owner}'") == "f"
     finally:
@@ -594,7 +659,7 @@ def test_dump_drop_restore_gives_equal_row_counts(host, v):
     psql(host, f"CREATE DATABASE {scratch}")
     psql(
         host,
-        "CREATE TABLE items AS"
+        "CREATE TABLE public.items AS"
         " SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 1234) AS g",
         scratch,
     )
@@ -605,7 +670,7 @@ def test_dump_drop_restore_gives_equal_row_counts(host, v):
         psql(host, f"DROP DATABASE {scratch}")
         psql(host, f"CREATE DATABASE {scratch}")
         host.check_output(f"sudo -u postgres pg_restore --exit-on-error -d {scratch} {dump}")
-        assert psql(host, "SELECT count(*) FROM items", scratch) == "1234"
+        assert psql(host, "SELECT count(*) FROM public.items", scratch) == "1234"
     finally:
         psql(host, f"DROP DATABASE IF EXISTS {scratch}")
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 import requests
-from conftest import ROOT, address_of, var_of, wait_for
+from conftest import ROOT, SUPERUSER_PSQL, address_of, var_of, wait_for
 
 sys.path.insert(0, str(ROOT / "tests" / "hosts"))
 import site_client
@@ -51,8 +51,8 @@ def snapshot(inventory_hosts) -> dict[str, str]:
             " | grep -Ev '^\\\\(un)?restrict ' | sha256sum"
         )
         state[f"products@{db.backend.host}"] = db.check_output(
-            f"runuser -u postgres -- psql -X -At -d {shlex.quote(database)}"
-            " -c 'SELECT count(*) FROM catalogue_product'"
+            f"{SUPERUSER_PSQL} -At -d {shlex.quote(database)}"
+            " -c 'SELECT count(*) FROM public.catalogue_product'"
         )
         backups = var_of(db, "postgresql_backup_dir", "postgresql")
         state[f"backups@{db.backend.host}"] = db.check_output(
