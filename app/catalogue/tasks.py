@@ -14,6 +14,7 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -217,6 +218,12 @@ def count_view(product_id: str) -> None:
         )
         if counted:
             Event.record(product_id, EventKind.VIEWED)
+
+
+@shared_task(name="catalogue.tasks.clear_sessions", ignore_result=True)
+def clear_sessions() -> None:
+    """Beat task: delete the page's expired sign-in sessions (Django's clearsessions)."""
+    SessionStore.clear_expired()
 
 
 @shared_task(name="catalogue.tasks.prune_submissions")

@@ -20,13 +20,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import (
-    require_GET,
     require_http_methods,
     require_POST,
     require_safe,
 )
 
-from . import autocomplete_cache, health, tasks
+from . import autocomplete_cache, clients, health, tasks
 from .auth import token_required
 from .documents import get_store
 from .models import Product, Submission
@@ -108,26 +107,40 @@ def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
 # -- the page ------------------------------------------------------------------------------------
 @require_http_methods(["GET", "HEAD", "POST"])
 def index(request: HttpRequest) -> HttpResponse:
+    """The page. The form is for signed-in users only (accounts the operator makes): an
+    anonymous visitor gets a sign-in link instead, and an anonymous POST is refused with 403
+    before anything is read from it, as the API refuses a request without its token. The form
+    is validated by the API's own rules, recorded by the same outbox, and its image URL goes
+    through the same fetcher (addresses checked at every hop); nginx limits its POSTs per
+    client like every other write."""
     status = 200
     accepted = None
     products: Any = Product.objects.all()[:50]
+    signed_in = request.user.is_authenticated
+    form = ProductForm() if signed_in else None
     if request.method == "POST":
-        form = ProductForm(request.POST)
-        if form.is_valid():
-            submission = _new_submission(form.cleaned_data)
-            try:
-                _record([submission])
-            except DATABASE_FAILURE:
-                log.exception("could not record a submission")
-                form.add_error(None, "Products cannot be added right now; please try again soon.")
-                status = 503
-                products = []  # the database is what failed
-            else:
-                return redirect(f"{reverse('index')}?accepted={submission['id']}", permanent=False)
+        if not signed_in:
+            status = 403
         else:
-            status = 400
-    else:
-        form = ProductForm()
+            form = ProductForm(request.POST)
+            if form.is_valid():
+                submission = _new_submission(form.cleaned_data)
+                try:
+                    _record([submission])
+                except DATABASE_FAILURE:
+                    log.exception("could not record a submission")
+                    form.add_error(
+                        None, "Products cannot be added right now; please try again soon."
+                    )
+                    status = 503
+                    products = []  # the database is what failed
+                else:
+                    log.info("product %s submitted by %s", submission["id"], request.user)
+                    target = f"{reverse('index')}?accepted={submission['id']}"
+                    return redirect(target, permanent=False)
+            else:
+                status = 400
+    elif signed_in:
         accepted = request.GET.get("accepted")
     q = request.GET.get("q", "").strip()[:QUERY_MAX_LENGTH]
     search_answer, search_error = None, ""
@@ -138,6 +151,7 @@ def index(request: HttpRequest) -> HttpResponse:
             search_error = "Search is unavailable right now."
     context = {
         "form": form,
+        "refused": status == 403,
         "products": products,
         "accepted": accepted,
         "q": q,
@@ -217,31 +231,31 @@ def api_batch_status(request: HttpRequest, batch_id: uuid.UUID) -> JsonResponse:
     return JsonResponse(summary)
 
 
-def _count_view(request: HttpRequest, product_id: uuid.UUID) -> None:
+def _count_view(request: HttpRequest, product_id: uuid.UUID) -> bool:
     """One view per client, product and CATALOGUE_VIEW_WINDOW, counted by a task: the first
-    read in the window claims a key in the cache (add is atomic), later ones change nothing."""
-    client = request.META.get(settings.CATALOGUE_CLIENT_ADDRESS_HEADER) or request.META.get(
-        "REMOTE_ADDR", ""
-    )
+    beacon in the window claims a key in the cache (add is atomic), later ones change nothing.
+    The client is its IPv4 address or its IPv6 /64 (catalogue.clients), so rotating addresses
+    inside one /64 counts once."""
     window = settings.CATALOGUE_VIEW_WINDOW
-    seen = hashlib.sha256(f"{product_id}|{client}".encode()).hexdigest()[:32]
+    seen = hashlib.sha256(f"{product_id}|{clients.key_of(request)}".encode()).hexdigest()[:32]
     if not cache.add(f"viewed:{int(time.time() // window)}:{seen}", 1, timeout=window):
-        return
+        return False
     try:
         tasks.count_view.delay(str(product_id))
-    except Exception:  # a read never fails for want of a counted view
+    except Exception:  # a beacon never fails for want of a counted view
         log.warning("a view of %s was not counted", product_id, exc_info=True)
+        return False
+    return True
 
 
-# GET only: a read counts a view, and a HEAD (a crawler, a health check) must not.
-@require_GET
+@require_safe
 def api_product(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
-    """The product once stored; 202 pending while the insert is queued. Reads write nothing:
-    the view is counted asynchronously, once per client and window."""
+    """The product once stored; 202 pending while the insert is queued. A read writes nothing
+    and queues nothing, so a GET or a HEAD can be repeated at will: views are counted only by
+    the POST beacon below."""
     product = Product.objects.filter(id=product_id).first()
     if product is None:
         return JsonResponse({"id": str(product_id), "status": "pending"}, status=202)
-    _count_view(request, product_id)
     return JsonResponse(
         {
             "id": str(product.id),
@@ -258,6 +272,20 @@ def api_product(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
                 "size": product.image_size,
             },
         }
+    )
+
+
+@csrf_exempt  # no cookie or token grants anything here: it is anonymous by design
+@require_POST
+def api_product_view(request: HttpRequest, product_id: uuid.UUID) -> JsonResponse:
+    """The view beacon: a client that shows a product says so with a POST. Popularity rises by
+    at most one per product, client (IPv4 address or IPv6 /64) and CATALOGUE_VIEW_WINDOW, and
+    nginx limits POSTs per client, so one reader cannot inflate it. 404 for a product that is
+    not stored (nothing is counted); else 202 with whether this beacon was counted."""
+    if not Product.objects.filter(id=product_id).exists():
+        return _error(404, "no such product")
+    return JsonResponse(
+        {"id": str(product_id), "counted": _count_view(request, product_id)}, status=202
     )
 
 

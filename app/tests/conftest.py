@@ -167,6 +167,21 @@ def anonymous():
     return Client()
 
 
+MEMBER_PASSWORD = "a-long-unit-test-passphrase"
+
+
+@pytest.fixture
+def member(db):
+    """A client signed in as an account the operator made: the page's form needs one."""
+    from django.contrib.auth import get_user_model  # noqa: PLC0415
+    from django.test import Client  # noqa: PLC0415
+
+    get_user_model().objects.create_user("editor", password=MEMBER_PASSWORD)
+    signed_in = Client()
+    assert signed_in.login(username="editor", password=MEMBER_PASSWORD)
+    return signed_in
+
+
 @pytest.fixture
 def store() -> documents.MemoryStore:
     documents.get_store.cache_clear()

@@ -80,24 +80,64 @@ def test_status_url_says_pending_until_the_row_exists(client, store):
     assert response.json()["status"] == "stored"
 
 
-def test_a_read_writes_nothing_and_counts_one_view_per_client_and_window(
-    client, store, broker, settings
+@pytest.mark.parametrize("method", ["get", "head"])
+def test_a_read_writes_nothing_and_queues_nothing(client, store, broker, method):
+    product_id = uuid.uuid4()
+    stored(product_id)
+    broker.drain()
+    before = (Product.objects.get(id=product_id).popularity, Event.objects.count())
+    for address in ("192.0.2.1", "192.0.2.2", "2001:db8::1"):
+        response = getattr(client, method)(f"/api/products/{product_id}", REMOTE_ADDR=address)
+        assert response.status_code == 200
+    assert broker.drain() == []
+    assert (Product.objects.get(id=product_id).popularity, Event.objects.count()) == before
+
+
+def beacon(client, product_id, **meta):
+    return client.post(f"/api/products/{product_id}/views", **meta)
+
+
+def test_the_view_beacon_counts_one_view_per_client_and_window(
+    anonymous, store, broker, settings, monkeypatch
 ):
     product_id = uuid.uuid4()
     stored(product_id)
     broker.drain()
     events = Event.objects.filter(product_id=product_id, kind="viewed")
-    for _ in range(3):
-        response = client.get(f"/api/products/{product_id}", REMOTE_ADDR="192.0.2.1")
-        assert response.json()["popularity"] == 0  # the read wrote nothing
-    client.get(f"/api/products/{product_id}", HTTP_X_REAL_IP="198.51.100.7")
-    assert not events.exists()
+    answers = [beacon(anonymous, product_id, REMOTE_ADDR="192.0.2.1") for _ in range(3)]
+    assert [(a.status_code, a.json()["counted"]) for a in answers] == [
+        (202, True),
+        (202, False),
+        (202, False),
+    ]
+    # Another IPv4 address is another client; a new address in a counted /64 is not.
+    assert beacon(anonymous, product_id, HTTP_X_REAL_IP="198.51.100.7").json()["counted"]
+    assert beacon(anonymous, product_id, HTTP_X_REAL_IP="2001:db8:1:2::1").json()["counted"]
+    assert not beacon(anonymous, product_id, HTTP_X_REAL_IP="2001:db8:1:2:ffff::9").json()[
+        "counted"
+    ]
+    assert not events.exists()  # the beacon itself writes nothing: a task does
     messages = broker.drain()
-    assert [(m.queue, m.task) for m in messages] == [("default", "catalogue.tasks.count_view")] * 2
+    assert [(m.queue, m.task) for m in messages] == [("default", "catalogue.tasks.count_view")] * 3
     for message in messages:
         tasks.count_view.run(*message.args)
-    assert Product.objects.get(id=product_id).popularity == 2
-    assert events.count() == 2
+    assert Product.objects.get(id=product_id).popularity == 3
+    assert events.count() == 3
+    # The next window counts the same client again.
+    now = __import__("time").time()
+    monkeypatch.setattr("catalogue.views.time.time", lambda: now + settings.CATALOGUE_VIEW_WINDOW)
+    assert beacon(anonymous, product_id, REMOTE_ADDR="192.0.2.1").json()["counted"]
+
+
+def test_the_view_beacon_counts_nothing_for_an_unknown_product_and_takes_no_get(
+    anonymous, store, broker
+):
+    product_id = uuid.uuid4()
+    assert beacon(anonymous, product_id).status_code == 404
+    stored(product_id)
+    broker.drain()
+    assert anonymous.get(f"/api/products/{product_id}/views").status_code == 405
+    assert broker.drain() == []
 
 
 @pytest.mark.parametrize(
@@ -140,12 +180,15 @@ def test_a_configured_token_is_accepted_and_a_malformed_configuration_refused(
         auth.configured()
 
 
-def test_the_page_form_needs_no_token_but_a_csrf_token(anonymous, broker):
+def test_the_page_form_needs_a_csrf_token_even_when_signed_in(member, broker):
     from django.test import Client  # noqa: PLC0415
 
     strict = Client(enforce_csrf_checks=True)
+    strict.cookies = member.cookies
+    assert strict.get("/").context["user"].is_authenticated
     assert strict.post("/", GOOD).status_code == 403
     assert broker.drain() == []
+    assert Submission.objects.count() == 0
 
 
 def test_batch_rejects_everything_when_one_item_is_bad(client, broker):
@@ -185,16 +228,16 @@ def test_batch_size_is_capped(client, broker, settings):
     assert broker.drain() == []
 
 
-def test_html_form_rejects_bad_input_with_400_and_enqueues_nothing(client, broker):
-    response = client.post("/", {"title": "", "image_url": "nope"})
+def test_html_form_rejects_bad_input_with_400_and_enqueues_nothing(member, broker):
+    response = member.post("/", {"title": "", "image_url": "nope"})
     assert response.status_code == 400
     assert b'role="alert"' in response.content
     assert broker.drain() == []
 
 
-def test_html_form_accepts_and_redirects(client, broker, django_capture_on_commit_callbacks):
+def test_html_form_accepts_and_redirects(member, broker, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post("/", GOOD)
+        response = member.post("/", GOOD)
     assert response.status_code == 302
     [message] = broker.drain()
     assert response["Location"].endswith(message.args[0]["id"])

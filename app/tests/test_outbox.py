@@ -145,10 +145,10 @@ def test_a_submission_the_database_cannot_record_is_503_with_retry_after_and_not
 
 @pytest.mark.django_db(transaction=True)
 def test_the_form_says_503_with_retry_after_when_the_database_cannot_record(
-    client, broker, monkeypatch
+    member, broker, monkeypatch
 ):
     fail_to_commit(monkeypatch)
-    response = client.post("/", GOOD)
+    response = member.post("/", GOOD)
     monkeypatch.undo()
 
     assert response.status_code == 503

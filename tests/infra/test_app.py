@@ -141,6 +141,55 @@ def manage(host):
 
 
 @pytest.fixture(scope="module")
+def member(host):
+    """An account for the page's form, made as the operator makes one (catalogue_user, the
+    password on standard input), removed afterwards."""
+    name = f"tester-{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex + uuid.uuid4().hex
+    host.check_output(
+        f"printf '%s\\n' {password} | catalogue-manage catalogue_user --verbosity 0 {name}"
+    )
+    yield name, password
+    host.run(f"catalogue-manage catalogue_user --verbosity 0 --remove {name}")
+
+
+def csrf_token(html: str) -> str:
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+
+
+def signed_in(site, member) -> requests.Session:
+    """A browser-like session (no API token) signed in through the sign-in page."""
+    name, password = member
+    session = site_client.session()
+    login = session.get(site.base + "/accounts/login/", timeout=10)
+    assert login.status_code == 200
+    answer = session.post(
+        site.base + "/accounts/login/",
+        data={
+            "csrfmiddlewaretoken": csrf_token(login.text),
+            "username": name,
+            "password": password,
+            "next": "/",
+        },
+        headers={"Referer": site.base + "/accounts/login/"},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert answer.status_code == 302, answer.text[:300]
+    return session
+
+
+def submissions_titled(db, title: str) -> int:
+    rows = db(
+        "SELECT count(*) FROM catalogue_submission WHERE payload->>'title' = "
+        + "'"
+        + title.replace("'", "''")
+        + "'"
+    )
+    return int(rows[0][0])
+
+
+@pytest.fixture(scope="module")
 def es(inventory_hosts, var):
     """Elasticsearch's REST API as an app host reaches it (the firewall admits no one else)."""
     peer = inventory_hosts("app")[0]
@@ -541,7 +590,8 @@ def test_stats_aggregate_products_terms_and_image_outcomes(site, images):
 def test_events_are_rows_in_monthly_partitions(site, db, images):
     name = word()
     product_id = site.add(f"Events {name}", f"{images.base}/img/{name}.png")
-    site.stored(product_id)  # a view
+    site.stored(product_id)
+    assert site.http.post(f"{site.base}/api/products/{product_id}/views", timeout=10).ok  # a view
     assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
 
     def kinds() -> set[str]:
@@ -723,23 +773,50 @@ def test_search_answers_from_the_index_without_writing(site):
     assert body["total"] >= len(body["results"])
 
 
-def test_the_page_lists_products_and_offers_the_form_and_autocomplete(site):
-    page = site.get("/")
+def test_the_page_offers_autocomplete_and_to_anonymous_visitors_a_sign_in_link_not_the_form(
+    site,
+):
+    page = site_client.session().get(site.base + "/", timeout=10)
     assert page.status_code == 200
     html = page.text
-    assert 'name="title"' in html
-    assert 'name="image_url"' in html
+    assert 'name="image_url"' not in html
+    assert 'href="/accounts/login/?next=/"' in html
     assert 'role="combobox"' in html
     script = re.search(r'src="([^"]*autocomplete\.js)"', html).group(1)
     assert site.get(script).status_code == 200
 
 
 @pytest.mark.destructive
-def test_the_form_refuses_bad_input_and_accepts_good(site, images):
-    form = site.get("/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+def test_an_anonymous_form_post_is_refused_and_writes_nothing(site, db, queue_depths):
+    """With a valid CSRF token (from the sign-in page), so what refuses it is the view."""
+    anonymous = site_client.session()
+    token = csrf_token(anonymous.get(site.base + "/accounts/login/", timeout=10).text)
+    title = f"Anonymous {word()}"
+    before = queue_depths().get("default", 0)
+    answer = anonymous.post(
+        site.base + "/",
+        data={"csrfmiddlewaretoken": token, "title": title, "image_url": "https://e.org/a.png"},
+        headers={"Referer": site.base + "/"},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert answer.status_code == 403, answer.status_code
+    assert "Only signed-in users can add products" in answer.text
+    assert submissions_titled(db, title) == 0
+    assert db(f"SELECT count(*) FROM catalogue_product WHERE title = '{title}'") == [["0"]]
+    assert queue_depths().get("default", 0) <= before
+
+
+@pytest.mark.destructive
+def test_the_form_refuses_bad_input_and_accepts_good_from_a_signed_in_user(
+    site, db, member, images
+):
+    session = signed_in(site, member)
+    form = session.get(site.base + "/", timeout=10)
+    assert 'name="image_url"' in form.text
+    token = csrf_token(form.text)
     headers = {"Referer": site.base + "/"}
-    bad = site.http.post(
+    bad = session.post(
         site.base + "/",
         data={"csrfmiddlewaretoken": token, "title": "", "image_url": "ftp://x"},
         headers=headers,
@@ -747,7 +824,7 @@ def test_the_form_refuses_bad_input_and_accepts_good(site, images):
     )
     assert bad.status_code == 400
     name = word()
-    good = site.http.post(
+    good = session.post(
         site.base + "/",
         data={
             "csrfmiddlewaretoken": token,
@@ -759,4 +836,41 @@ def test_the_form_refuses_bad_input_and_accepts_good(site, images):
         allow_redirects=False,
     )
     assert good.status_code in (302, 303)
+    assert submissions_titled(db, f"Form {name}") == 1
     assert wait_for(lambda: f"Form {name}" in site.get("/").text, timeout=60)
+
+
+@pytest.mark.destructive
+def test_reading_a_product_changes_no_row_and_no_counter_and_the_beacon_counts_once(
+    site, db, images
+):
+    """GETs and HEADs of a product, then one view beacon: once the beacon's count has landed
+    (the task runs after any a read would have queued), popularity and the viewed events went
+    up by exactly one, so the reads counted nothing. Two more beacons from the same client in
+    the window count nothing."""
+    name = word()
+    product_id = site.add(f"Reads {name}", f"{images.base}/img/{name}.png")
+    site.stored(product_id)
+
+    def state() -> tuple[str, str]:
+        [[popularity]] = db(f"SELECT popularity FROM catalogue_product WHERE id = '{product_id}'")
+        [[viewed]] = db(
+            "SELECT count(*) FROM catalogue_event "
+            f"WHERE product_id = '{product_id}' AND kind = 'viewed'"
+        )
+        return popularity, viewed
+
+    before = state()
+    assert before == ("0", "0")
+    anonymous = site_client.session()
+    for _ in range(5):
+        assert anonymous.get(f"{site.base}/api/products/{product_id}", timeout=10).ok
+        assert anonymous.head(f"{site.base}/api/products/{product_id}", timeout=10).ok
+    assert state() == before
+    beacons = [
+        anonymous.post(f"{site.base}/api/products/{product_id}/views", timeout=10).json()
+        for _ in range(3)
+    ]
+    assert [b["counted"] for b in beacons] == [True, False, False]
+    assert wait_for(lambda: state() != before, timeout=30)
+    assert state() == ("1", "1")

@@ -26,6 +26,7 @@ SCREENSHOTS = ROOT / "build" / "browser"
 # The app's own fixtures: its site through nginx, and the image server on the controller.
 site = test_app.site
 images = test_app.images
+member = test_app.member
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,12 @@ def test_typing_a_prefix_shows_the_servers_suggestions_and_the_keyboard_drives_t
     assert page.console_errors == []
 
 
-def test_a_product_added_through_the_form_appears_in_the_results(page, site, images):
+def test_a_product_added_through_the_form_appears_in_the_results(page, site, images, member):
+    page.get_by_role("link", name="Sign in").click()
+    page.get_by_label("Username").fill(member[0])
+    page.get_by_label("Password").fill(member[1])
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
     name = test_app.word()
     title = f"{name.capitalize()} teapot"
     page.get_by_label("Title").fill(title)

@@ -22,7 +22,9 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
+    "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
     "django.contrib.staticfiles",
     "catalogue",
 ]
@@ -31,9 +33,30 @@ MIDDLEWARE = [
     # First, so it strips the body of every HEAD answer, error pages included (see its docstring).
     "catalogue.middleware.head_without_body",
     "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+# --- Who may add products through the page -----------------------------------------------------
+# Django's accounts, made by the operator (`manage.py catalogue_user NAME`, password on standard
+# input); nobody signs up. Sessions live in PostgreSQL (the beat task clear_sessions deletes the
+# expired ones); a sign-in lasts DJANGO_SESSION_AGE seconds and ends with the browser.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "index"
+SESSION_COOKIE_AGE = env_int("DJANGO_SESSION_AGE", 8 * 3600)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 16},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 ROOT_URLCONF = "catalogue_site.urls"
@@ -44,7 +67,12 @@ TEMPLATES = [
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [],
         "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+            ]
+        },
     }
 ]
 
@@ -175,6 +203,7 @@ CELERY_TASK_ROUTES = {
     "catalogue.tasks.fetch_image_metadata": {"queue": "slow", "routing_key": "slow"},
     "catalogue.tasks.record_image_attempt": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.count_view": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.clear_sessions": {"queue": "default", "routing_key": "default"},
 }
 CELERY_TASK_PUBLISH_RETRY = True
 # One quick retry, not Celery's default of three: a request publishes after its submission has
@@ -208,6 +237,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "prune-submissions": {
         "task": "catalogue.tasks.prune_submissions",
+        "schedule": 3600.0,
+        "options": {"queue": "default"},
+    },
+    "clear-sessions": {
+        "task": "catalogue.tasks.clear_sessions",
         "schedule": 3600.0,
         "options": {"queue": "default"},
     },
