@@ -874,3 +874,39 @@ def test_reading_a_product_changes_no_row_and_no_counter_and_the_beacon_counts_o
     assert [b["counted"] for b in beacons] == [True, False, False]
     assert wait_for(lambda: state() != before, timeout=30)
     assert state() == ("1", "1")
+
+
+@pytest.mark.destructive
+def test_the_owners_password_is_in_no_environment_the_apps_account_can_read(host, var):
+    """Migrations log in as the schema owner with its password in their environment: they run
+    as app_migrate_user, so a process of the app's own account (gunicorn, a worker) cannot read
+    it from /proc. The probe is a management command run as a migration is, held open."""
+    owner = var("app_postgres_owner_user", ROLE)
+    if not owner:
+        pytest.skip("migrations log in as the app's own role in this inventory")
+    password = var("app_postgres_owner_password", ROLE)
+    app_user, migrate_user = var("app_user", ROLE), var("app_migrate_user", ROLE)
+    unit = f"stackkit-test-migrate-{uuid.uuid4().hex[:8]}"
+    hold = "import time; time.sleep(60)"
+    run = (
+        f"printf '%s\\n' {shlex.quote(password)} | systemd-run --unit {unit} --pipe --quiet"
+        f" --setenv POSTGRES_OWNER_USER={owner} catalogue-manage shell -c {shlex.quote(hold)}"
+    )
+    host.check_output(f"setsid -f sh -c {shlex.quote(run)} </dev/null >/dev/null 2>&1")
+    try:
+
+        def probe() -> int:
+            pids = host.check_output(f"systemctl show -p MainPID --value {unit}")
+            return int(pids or 0)
+
+        assert wait_for(lambda: probe() > 0 and "manage.py" in host.check_output(
+            f"cat /proc/{probe()}/cmdline | tr '\\0' ' '"), timeout=30)  # fmt: skip
+        pid = probe()
+        assert host.check_output(f"stat -c %U /proc/{pid}") == migrate_user
+        # The probe is real: root finds the password in that environment.
+        environ = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+        assert f"POSTGRES_PASSWORD={password}" in environ.splitlines()
+        attempt = host.run(f"runuser -u {app_user} -- cat /proc/{pid}/environ")
+        assert attempt.rc != 0 and password not in attempt.stdout
+    finally:
+        host.run(f"systemctl stop {unit}")
