@@ -181,7 +181,7 @@ def signed_in(site, member) -> requests.Session:
 
 def submissions_titled(db, title: str) -> int:
     rows = db(
-        "SELECT count(*) FROM catalogue_submission WHERE payload->>'title' = "
+        "SELECT count(*) FROM public.catalogue_submission WHERE payload->>'title' = "
         + "'"
         + title.replace("'", "''")
         + "'"
@@ -803,7 +803,7 @@ def test_an_anonymous_form_post_is_refused_and_writes_nothing(site, db, queue_de
     assert answer.status_code == 403, answer.status_code
     assert "Only signed-in users can add products" in answer.text
     assert submissions_titled(db, title) == 0
-    assert db(f"SELECT count(*) FROM catalogue_product WHERE title = '{title}'") == [["0"]]
+    assert db(f"SELECT count(*) FROM public.catalogue_product WHERE title = '{title}'") == [["0"]]
     assert queue_depths().get("default", 0) <= before
 
 
@@ -853,9 +853,11 @@ def test_reading_a_product_changes_no_row_and_no_counter_and_the_beacon_counts_o
     site.stored(product_id)
 
     def state() -> tuple[str, str]:
-        [[popularity]] = db(f"SELECT popularity FROM catalogue_product WHERE id = '{product_id}'")
+        [[popularity]] = db(
+            f"SELECT popularity FROM public.catalogue_product WHERE id = '{product_id}'"
+        )
         [[viewed]] = db(
-            "SELECT count(*) FROM catalogue_event "
+            "SELECT count(*) FROM public.catalogue_event "
             f"WHERE product_id = '{product_id}' AND kind = 'viewed'"
         )
         return popularity, viewed
