@@ -20,6 +20,8 @@ SHELL_WALL_CLOCK = re.compile(r"date \+%s|\$\$?SECONDS\b")
 PYTHON_WALL_CLOCK = re.compile(r"\btime\.time\(\)")
 TIMESTAMPS = {
     "molecule/rabbitmq-cluster/publisher.py": "bounds of the journal the check reads",
+    "tests/infra/clock.py": "a host's clock compared with the controller's",
+    "tests/unit/test_clock_skew.py": "a fake host's clock, for that comparison",
 }
 # A test host's epoch seconds mark where to start reading its journal (a timestamp).
 SHELL_TIMESTAMPS = {"tests/infra/test_app.py"}
