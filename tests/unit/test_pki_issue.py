@@ -112,3 +112,27 @@ def test_a_certificate_that_does_not_start_early_enough_for_its_record_is_issued
     record_path.write_text(yaml.safe_dump({**record, "sha256": "0" * 64}))
     reissued()
     reissued(48, pki_backdate_hours=48)
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"pki_backdate_hours": 0},
+        {"pki_backdate_hours": 397 * 24},
+        {"pki_clock_skew_warn_seconds": 0},
+    ],
+    ids=["no margin", "margin past the validity", "no skew threshold"],
+)
+def test_a_margin_that_makes_no_sense_is_refused_before_any_change(tmp_path, ca, variables):
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False, "roles": ["pki"]}]
+    good = {
+        "pki_ca_certificate": ca[0],
+        "pki_ca_private_key": ca[1],
+        "pki_dir": str(tmp_path / "pki"),
+        "ansible_python_interpreter": sys.executable,
+    }
+    result = run_play(tmp_path, play, {**good, **variables}, "--tags", "pki_preflight")
+    assert result.returncode != 0
+    assert "Assert the validity periods make sense" in output(result)
+    assert next(iter(variables)) in output(result)
+    assert not (tmp_path / "pki").exists()
