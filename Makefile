@@ -9,6 +9,9 @@ TOPOLOGY  ?= single
 INVENTORY ?= inventories/local
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 HOSTS     := $(PY) tests/hosts/stackhosts.py
+# Whole seconds of a monotonic clock, for the durations make prints: the wall clock (date's
+# epoch seconds, and bash's SECONDS, which follows it) can step back or ahead mid-run.
+MONOTONIC := python3 -c 'import time; print(int(time.monotonic()))'
 # The local hosts' secrets are throwaway; their vault password is committed beside them.
 ifeq ($(INVENTORY),inventories/local)
 export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/tests/hosts/local-vault-password
@@ -141,9 +144,9 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 .PHONY: molecule
 molecule: images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ...")
 	@set -e; for s in $(SCENARIOS); do \
-	  echo "== molecule test -s $$s"; start=$$(date +%s); \
+	  echo "== molecule test -s $$s"; start=$$($(MONOTONIC)); \
 	  $(ACTIVATE) molecule test -s $$s; \
-	  echo "== $$s passed in $$(( $$(date +%s) - start )) s"; \
+	  echo "== $$s passed in $$(( $$($(MONOTONIC)) - start )) s"; \
 	done
 
 .PHONY: artifacts

@@ -18,6 +18,7 @@ import pika
 
 summary_path, queue, vhost, user, *brokers = sys.argv[1:]
 credentials = pika.PlainCredentials(user, os.environ["AMQP_PASSWORD"])
+# Wall-clock timestamps, not a duration: the check reads the journal between them (--since).
 state = {"started": time.time(), "confirmed": [], "reconnects": 0, "running": True}
 
 

@@ -268,22 +268,24 @@ def ensure_ssh_key() -> str:
     return SSH_KEY.with_suffix(".pub").read_text().strip()
 
 
-def ensure_test_ca() -> Path:
+def ensure_test_ca(directory: Path = TEST_CA.parent) -> Path:
     """A CA for the local hosts' certificates, made once: the same kind `make secrets` makes for
-    an inventory's internal CA (EC P-256, ten years)."""
-    if TEST_CA.exists() and TEST_CA_KEY.exists():
-        return TEST_CA
+    an inventory's internal CA (EC P-256, ten years, valid from make_vault.BACKDATE before it is
+    made). Another checkout's hosts may use the one in .cache/tls: it is never replaced."""
+    certificate_path, key_path = directory / TEST_CA.name, directory / TEST_CA_KEY.name
+    if certificate_path.exists() and key_path.exists():
+        return certificate_path
     sys.path.insert(0, str(ROOT / "tests" / "secrets"))
     from make_vault import internal_ca  # noqa: PLC0415 - only this command needs it
 
     certificate, key = internal_ca("stackkit local test CA")
-    TEST_CA.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    TEST_CA_KEY.touch(mode=0o600)
-    TEST_CA_KEY.chmod(0o600)
-    TEST_CA_KEY.write_text(key)
-    TEST_CA.write_text(certificate)
-    log(f"made the local hosts' test CA: {TEST_CA}")
-    return TEST_CA
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_path.touch(mode=0o600)
+    key_path.chmod(0o600)
+    key_path.write_text(key)
+    certificate_path.write_text(certificate)
+    log(f"made the local hosts' test CA: {certificate_path}")
+    return certificate_path
 
 
 # What a cloud provider's first boot does: host keys, a sudo-capable login with our key.

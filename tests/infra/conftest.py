@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+from clock import clock_skew, clock_warning
 from fabric import Connection
 from playvars import DISPOSABLE, PlayVars
 
@@ -137,6 +139,37 @@ def var(host) -> Callable[[str, str], object]:
 def v(var, request) -> Callable[[str], object]:
     """v(name): var() for the role named by the suite's module-level ROLE."""
     return lambda name: var(name, request.module.ROLE)
+
+
+class ClockSkewWarning(UserWarning):
+    """A host's clock differs from the controller's by more than pki_clock_skew_warn_seconds."""
+
+
+_CLOCKS_COMPARED: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def clock_compared(request) -> None:
+    """Before the first check on each host (its TLS checks included), warn, naming the host,
+    when its clock is further from the controller's than pki_clock_skew_warn_seconds. Reads
+    the host's clock only."""
+    if "host" not in request.fixturenames:
+        return
+    host = request.getfixturevalue("host")
+    name = host.backend.get_hostname()
+    if name in _CLOCKS_COMPARED:
+        return
+    _CLOCKS_COMPARED.add(name)
+    skew = clock_skew(host)
+    if skew is None:  # an unreachable host: its checks say so themselves
+        return
+    threshold = float(var_of(host, "pki_clock_skew_warn_seconds", "pki"))
+    warning = clock_warning(name, skew, threshold)
+    if warning:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter:
+            reporter.write_line(f"WARNING: {warning}", yellow=True)
+        warnings.warn(ClockSkewWarning(warning), stacklevel=1)
 
 
 @pytest.fixture(scope="session")

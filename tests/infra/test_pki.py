@@ -3,7 +3,11 @@ services, the certificate chains to the internal CA and names the host. Read-onl
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+import yaml
 from conftest import address_of
+from cryptography import x509
 
 testinfra_hosts = ["ansible://all"]
 ROLE = "pki"
@@ -35,3 +39,21 @@ def test_the_key_matches_the_certificate(host, v):
     from_key = host.check_output(f"openssl pkey -in {directory}/host.key -pubout")
     from_cert = host.check_output(f"openssl x509 -in {directory}/host.crt -noout -pubkey")
     assert from_key == from_cert
+
+
+def test_the_certificate_starts_the_margin_before_the_issue_the_role_recorded(host, v):
+    """A host whose clock lags the controller's by less than pki_backdate_hours still accepts
+    the certificates: each starts that long before the controller issued it. The issue time is
+    the one the role wrote beside the certificate (host.crt.issued) when it signed it."""
+    directory = v("pki_dir")
+    certificate_file = host.file(f"{directory}/host.crt")
+    record = yaml.safe_load(host.file(f"{directory}/host.crt.issued").content_string)
+    assert record["sha256"] == certificate_file.sha256sum, "the record is of another certificate"
+    issued = datetime.strptime(record["issued"], "%Y-%m-%dT%H:%M:%S%z")
+    certificate = x509.load_pem_x509_certificate(certificate_file.content)
+    print(
+        f"{host.backend.get_hostname()}: issued {issued}, notBefore "
+        f"{certificate.not_valid_before_utc}, notAfter {certificate.not_valid_after_utc}"
+    )
+    margin = timedelta(hours=v("pki_backdate_hours"))
+    assert certificate.not_valid_before_utc <= issued - margin

@@ -57,20 +57,27 @@ def random_value(name: str) -> str:
 CA_CERTIFICATE = "vault_pki_ca_certificate"
 CA_PRIVATE_KEY = "vault_pki_ca_private_key"
 CA_YEARS = 10
+# A certificate starts this long before it is issued, as public CAs backdate theirs: a host whose
+# clock lags the issuer's (a fresh VM before its first time sync, a clock stepped back by NTP)
+# still accepts it. The pki role's pki_backdate_hours says the same for host certificates.
+BACKDATE = timedelta(hours=24)
 
 
-def internal_ca(common_name: str = "stackkit internal CA") -> tuple[str, str]:
-    """A new CA for the hosts' certificates: (certificate PEM, private key PEM)."""
+def internal_ca(
+    common_name: str = "stackkit internal CA", now: datetime | None = None
+) -> tuple[str, str]:
+    """A new CA for the hosts' certificates: (certificate PEM, private key PEM). It is valid
+    from BACKDATE before `now` (the issue time, the current time by default)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + timedelta(days=365 * CA_YEARS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(

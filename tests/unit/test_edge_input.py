@@ -41,8 +41,18 @@ def test_good_edge_input_passes_both_preflights(tmp_path):
         ({"nginx_behind_load_balancer": True}, "nginx_load_balancer_addresses"),
         ({"nginx_limit_write_rate": "fast"}, "nginx_limit_write_rate"),
         ({"nginx_tls_port": 80}, "nginx_tls_port"),
+        ({"nginx_tls_backdate_hours": 0}, "nginx_tls_backdate_hours"),
     ],
-    ids=["no names", "catch-all", "key missing", "ca key missing", "balancer", "rate", "ports"],
+    ids=[
+        "no names",
+        "catch-all",
+        "key missing",
+        "ca key missing",
+        "balancer",
+        "rate",
+        "ports",
+        "no backdate",
+    ],
 )
 def test_nginx_refuses_a_bad_edge(tmp_path, variables, named):
     result = run_preflight(tmp_path, "nginx", variables)

@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -139,3 +139,14 @@ def test_make_secrets_runs_the_script_on_the_inventory_named():
         check=True,
     )
     assert "tests/secrets/make_vault.py inventories/prod" in dry.stdout
+
+
+def test_the_internal_ca_starts_a_day_before_it_is_issued():
+    """A host whose clock lags the controller's by less than the margin still accepts the CA:
+    it starts make_vault.BACKDATE before its issue time, the margin the pki role's hosts get."""
+    at = datetime(2026, 12, 6, 14, 30, 5, tzinfo=UTC)
+    certificate = x509.load_pem_x509_certificate(make_vault.internal_ca(now=at)[0].encode())
+    assert certificate.not_valid_before_utc == at - make_vault.BACKDATE
+    assert timedelta(hours=24) <= make_vault.BACKDATE
+    pki = yaml.safe_load((ROOT / "roles/pki/defaults/main.yml").read_text())
+    assert timedelta(hours=pki["pki_backdate_hours"]) == make_vault.BACKDATE
