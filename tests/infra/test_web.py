@@ -374,6 +374,7 @@ def test_every_answer_carries_hsts_and_the_security_headers(https, tls_context):
     assert "script-src 'self'" in csp
     assert "unsafe-inline" not in csp
     assert "frame-ancestors 'none'" in csp
+    assert re.search(r"(^|;)\s*img-src data:\s*(;|$)", csp), csp  # the empty icon, no https:
     assert "camera=()" in headers["Permissions-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["X-Frame-Options"] == "DENY"
