@@ -31,7 +31,7 @@ from ansible.template import Templar, trust_as_template
 from ansible.vars.manager import VariableManager
 from fabric import Connection, task
 from invoke.exceptions import Exit
-from paramiko import AutoAddPolicy, RejectPolicy
+from paramiko import MissingHostKeyPolicy, RejectPolicy
 
 ROOT = Path(__file__).resolve().parent
 RELEASE = "/usr/local/bin/catalogue-release"
@@ -86,11 +86,38 @@ def host_names(c, inv: str | None) -> list[str]:
     return list(dict.fromkeys(h.name for g in GROUPS for h in hosts.get_hosts(pattern=g)))
 
 
+class AcceptUnrecorded(MissingHostKeyPolicy):
+    """Host key checking off: an unknown key is accepted for this connection and recorded
+    nowhere, so no later run (Fabric's or ssh's) trusts a key that nobody verified."""
+
+    def missing_host_key(self, client, hostname, key):
+        return None
+
+
+def ssh_options(args: list[str]) -> dict[str, str]:
+    """The -o options of an ssh command line, keyed in lower case, as ssh reads them: the first
+    value of an option wins, `-o Key=Value`, `-oKey=Value` and `-o "Key Value"` alike."""
+    options: dict[str, str] = {}
+    words = iter(args)
+    for word in words:
+        if word == "-o":
+            option = next(words, "")
+        elif word.startswith("-o"):
+            option = word[2:]
+        else:
+            continue
+        key, _, val = option.strip().replace("=", " ", 1).partition(" ")
+        if key:
+            options.setdefault(key.lower(), val.strip())
+    return options
+
+
 @cache
 def connect(name: str, inv: str | None) -> Connection:
     """SSH as Ansible would: ansible_host, _user, _port, the key; unknown host keys refused
     unless the inventory turns host key checking off (ansible_host_key_checking, or the
-    StrictHostKeyChecking option it hands ssh), as it does for throwaway local hosts."""
+    StrictHostKeyChecking option it hands ssh), as it does for throwaway local hosts. Known
+    keys are read, never written: with checking off an unknown key is used once, not saved."""
     get = lambda expr: value(name, expr, inv)  # noqa: E731
     key = get("ansible_ssh_private_key_file | default(ansible_private_key_file) | default('')")
     conn = Connection(
@@ -104,14 +131,16 @@ def connect(name: str, inv: str | None) -> Connection:
         " | default(lookup('env', 'ANSIBLE_HOST_KEY_CHECKING') or True) | bool"
     )
     ssh_args = (get(f"ansible_ssh_{kind}_args | default('')") for kind in ("common", "extra"))
-    args = shlex.split(" ".join(map(str, ssh_args)))
-    options = dict(a.removeprefix("-o").split("=", 1) for a in args if "=" in a)
-    if options.get("StrictHostKeyChecking", "yes").lower() in ("no", "off"):
+    options = ssh_options(shlex.split(" ".join(map(str, ssh_args))))
+    if options.get("stricthostkeychecking", "yes").lower() in ("no", "off"):
         checking = False  # what ssh itself does with the arguments Ansible hands it
-    known = Path(options.get("UserKnownHostsFile", "~/.ssh/known_hosts")).expanduser()
-    if known.is_file():
-        conn.client.load_host_keys(str(known))
-    conn.client.set_missing_host_key_policy(RejectPolicy() if checking else AutoAddPolicy())
+    for known in options.get("userknownhostsfile", "~/.ssh/known_hosts").split():
+        path = Path(known).expanduser()
+        if path.is_file():
+            # HostKeys.load, not client.load_host_keys: the latter makes the file the one
+            # paramiko saves newly accepted keys to.
+            conn.client.get_host_keys().load(str(path))
+    conn.client.set_missing_host_key_policy(RejectPolicy() if checking else AcceptUnrecorded())
     return conn
 
 

@@ -347,15 +347,20 @@ print(json.dumps({"admin": admin[0]["roles"], "app": app[0]["roles"]}))
     ]
 
 
-def test_the_admin_password_the_role_set_is_kept_for_root_only(host, v):
-    """The role logs in with it to change the admin password when the vault's changes
-    (roles/mongodb/tasks/users.yml); tests/unit/test_mongodb_passwords.py rotates both."""
-    kept = host.file("/root/.stackkit-mongodb-admin-password")
-    assert kept.user == "root"
-    assert kept.group == "root"
-    assert kept.mode == 0o600
-    wanted = hashlib.sha256(str(v("mongodb_admin_password")).encode()).hexdigest()
-    assert kept.sha256sum == wanted, "the kept admin password is not the vault's"
+def test_the_admin_password_is_kept_in_no_file_on_the_host(host, v):
+    """The role logs in with mongodb_admin_previous_password to change the admin password
+    (roles/mongodb/tasks/users.yml) and keeps no copy: no file under /root, /home, /etc, /srv,
+    /opt or /var/lib holds just the password. Files are compared by their SHA-256 on the
+    controller, so the password is on no command line of the host (sudo logs those)."""
+    assert not host.file("/root/.stackkit-mongodb-admin-password").exists
+    secret = str(v("mongodb_admin_password")).encode()
+    wanted = {hashlib.sha256(secret + end).hexdigest() for end in (b"", b"\n")}
+    listing = host.check_output(
+        "find /root /home /etc /srv /opt /var/lib -xdev -type f"
+        f" -size -{len(secret) + 2}c -exec sha256sum {{}} + 2>/dev/null || true"
+    )
+    holding = [line.split(maxsplit=1)[1] for line in listing.splitlines() if line[:64] in wanted]
+    assert holding == [], f"files hold the admin password: {holding}"
 
 
 def test_transparent_huge_pages_are_disabled_where_the_kernel_allows(host, v):

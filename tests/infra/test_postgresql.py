@@ -8,6 +8,7 @@ destructive."""
 
 from __future__ import annotations
 
+import datetime
 import re
 import shlex
 from pathlib import Path
@@ -86,6 +87,25 @@ def insert_sql(table: dict, timestamp: str) -> str:
     return (
         f"INSERT INTO {schema}.{table['table']} ({', '.join(names)}) VALUES ({', '.join(values)})"
     )
+
+
+def max_ahead(table: dict) -> int:
+    """How many ranges after the current one a child may start (the role's look-ahead cap)."""
+    premake = int(table.get("premake", 3))
+    return max(int(table.get("max_ahead", premake + 1)), premake)
+
+
+def ahead(table: dict, n: int) -> tuple[str, str]:
+    """The suffix of the child n ranges after the current one (UTC) and a timestamp inside
+    its range. Tests write future rows there, inside the cap: the app writes rows at now, so
+    these children hold only the tests' rows, and the cap refuses anything further out."""
+    now = datetime.datetime.now(datetime.UTC)
+    if table["interval"] == "month":
+        months = now.year * 12 + now.month - 1 + n
+        start = datetime.date(months // 12, months % 12 + 1, 1)
+        return start.strftime("%Y%m"), start.strftime("%Y-%m-15 12:00:00+00")
+    start = now.date() + datetime.timedelta(days=n)
+    return start.strftime("%Y%m%d"), start.strftime("%Y-%m-%d 12:00:00+00")
 
 
 def children(host, table: dict) -> list[str]:
@@ -351,9 +371,9 @@ def test_runtime_role_changes_rows_but_no_schema(host, v, runtime_login, events)
     if database != events["database"]:
         pytest.skip("the partitioned table is not in the runtime role's database")
     parent = f"{events.get('schema', 'public')}.{events['table']}"
-    suffix = "209807"
+    suffix, timestamp = ahead(events, 1)
     drop_children(host, events, [suffix])
-    inserted = as_role(host, v, runtime_login, insert_sql(events, "2098-07-04 00:00:00+00"))
+    inserted = as_role(host, v, runtime_login, insert_sql(events, timestamp))
     assert inserted.rc == 0, inserted.stderr
     assert f"{events['table']}_p{suffix}" in children(host, events)
     owner = psql(
@@ -367,7 +387,7 @@ def test_runtime_role_changes_rows_but_no_schema(host, v, runtime_login, events)
         f"CREATE INDEX {user}_probe ON {parent} ({events['column']})": "must be owner",
         f"DROP TABLE {parent}": "must be owner",
         f"ALTER TABLE {parent} ADD COLUMN probe int": "must be owner",
-        f"SELECT partitions.create_child('public', '{events['table']}', '2098-08-01')": (
+        f"SELECT partitions.create_child('public', '{events['table']}', '{timestamp}')": (
             "permission denied for function create_child"
         ),
         "SELECT partitions.maintain_all()": "permission denied for function maintain_all",
@@ -378,6 +398,47 @@ def test_runtime_role_changes_rows_but_no_schema(host, v, runtime_login, events)
         assert error in result.stderr, (sql, result.stderr)
     superuser = psql(host, f"SELECT rolsuper FROM pg_roles WHERE rolname = '{user}'")
     assert superuser == "f"
+
+
+@pytest.mark.destructive
+def test_no_role_makes_a_child_beyond_the_look_ahead_cap(host, v, runtime_login, events):
+    """The role the app runs as may insert rows and call the parent's function, so it could
+    make a child for any range; retention drops only old ones. Past max_ahead ranges after
+    the current one it is refused, by the trigger, by the function and in bulk; so is
+    postgres, since every path creates as the parent's owner."""
+    database, user, _ = runtime_login
+    if database != events["database"]:
+        pytest.skip("the partitioned table is not in the runtime role's database")
+    parent = f"{events.get('schema', 'public')}.{events['table']}"
+    limit = max_ahead(events)
+    far, far_timestamp = ahead(events, limit + 1)
+    last, last_timestamp = ahead(events, limit)
+    drop_children(host, events, [far, last])
+    before = children(host, events)
+    attempts = {
+        "the insert trigger": insert_sql(events, far_timestamp),
+        "the parent's function": f"SELECT partitions.\"{parent}\"('{far_timestamp}')",
+        "sixty ranges in one call": (
+            f'SELECT partitions."{parent}"('
+            f"(now() + i * interval '1 {events['interval']}')::timestamp)"
+            " FROM generate_series(1, 60) AS i"
+        ),
+    }
+    for path, sql in attempts.items():
+        result = as_role(host, v, runtime_login, sql)
+        assert result.rc != 0, f"{user} made a child too far ahead through {path}"
+        assert "max_ahead" in result.stderr, (path, result.stderr)
+    refused = host.run(
+        f"{SUPERUSER_PSQL} -At -v ON_ERROR_STOP=1 -d {shlex.quote(database)} -c "
+        + shlex.quote(insert_sql(events, far_timestamp))
+    )
+    assert refused.rc != 0 and "max_ahead" in refused.stderr, refused.stderr
+    assert children(host, events) == before
+    # The last range inside the cap is still made on demand.
+    inserted = as_role(host, v, runtime_login, insert_sql(events, last_timestamp))
+    assert inserted.rc == 0, inserted.stderr
+    assert f"{events['table']}_p{last}" in children(host, events)
+    drop_children(host, events, [last])
 
 
 # The owner's code (here a partial index whose predicate calls a function the owner wrote) is
@@ -413,13 +474,16 @@ def test_owner_code_on_a_new_child_never_runs_as_a_superuser(host, v, app_login,
     schema = events.get("schema", "public")
     parent = f"{schema}.{events['table']}"
     declarative = [t for t in declarative_tables(v) if t["owner"] == owner]
-    suffixes = ["209701", "209702", "209703"]
+    (first, at_first), (second, at_second), (third, at_third) = (
+        ahead(events, n) for n in (1, 2, 3)
+    )
+    suffixes = [first, second, third]
     paths = {
         "a direct call of create_child": (
-            f"SELECT partitions.create_child('{schema}', '{events['table']}', '2097-01-10')"
+            f"SELECT partitions.create_child('{schema}', '{events['table']}', '{at_first}')"
         ),
-        "the insert trigger": insert_sql(events, "2097-02-10 00:00:00+00"),
-        "a direct call of the parent's function": f"SELECT partitions.\"{parent}\"('2097-03-10')",
+        "the insert trigger": insert_sql(events, at_second),
+        "a direct call of the parent's function": f"SELECT partitions.\"{parent}\"('{at_third}')",
     }
     drop_children(host, events, suffixes)
     psql(host, ATTACK_CLEANUP, database)
@@ -460,14 +524,11 @@ def test_owner_code_on_a_new_child_never_runs_as_a_superuser(host, v, app_login,
 
 @pytest.mark.destructive
 def test_rows_for_three_months_land_in_three_children_and_none_in_the_parent(host, events):
-    suffixes = ["209901", "209902", "209903"]
+    future = [ahead(events, n) for n in (1, 2, 3)]
+    suffixes = [suffix for suffix, _ in future]
     drop_children(host, events, suffixes)
-    for suffix in suffixes:
-        psql(
-            host,
-            insert_sql(events, f"{suffix[:4]}-{suffix[4:]}-15 12:00:00+00"),
-            events["database"],
-        )
+    for _, timestamp in future:
+        psql(host, insert_sql(events, timestamp), events["database"])
     parent = f"{events.get('schema', 'public')}.{events['table']}"
     assert psql(host, f"SELECT count(*) FROM ONLY {parent}", events["database"]) == "0"
     names = {f"{events['table']}_p{s}" for s in suffixes}
@@ -495,24 +556,22 @@ def test_rows_for_three_months_land_in_three_children_and_none_in_the_parent(hos
 
 
 @pytest.mark.destructive
-def test_explain_of_one_month_scans_one_child(host, events):
-    suffixes = ["209901", "209902", "209903"]
-    for suffix in suffixes:
+def test_explain_of_one_range_scans_one_child(host, events):
+    future = [ahead(events, n) for n in (1, 2, 3)]
+    for suffix, timestamp in future:
         if f"{events['table']}_p{suffix}" not in children(host, events):
-            psql(
-                host,
-                insert_sql(events, f"{suffix[:4]}-{suffix[4:]}-15 12:00:00+00"),
-                events["database"],
-            )
+            psql(host, insert_sql(events, timestamp), events["database"])
     parent = f"{events.get('schema', 'public')}.{events['table']}"
+    middle = future[1][0]
+    start = f"{middle[:4]}-{middle[4:6]}-{middle[6:] or '01'} 00:00:00+00"
     plan = psql(
         host,
-        f"EXPLAIN SELECT * FROM {parent} WHERE {events['column']} >= '2099-02-01 00:00:00+00'"
-        f" AND {events['column']} < '2099-03-01 00:00:00+00'",
+        f"EXPLAIN SELECT * FROM {parent} WHERE {events['column']} >= '{start}'"
+        f" AND {events['column']} < '{start}'::timestamptz + interval '1 {events['interval']}'",
         events["database"],
     )
     scanned = set(re.findall(rf"\b({events['table']}_p\d+)\b", plan))
-    assert scanned == {f"{events['table']}_p209902"}, plan
+    assert scanned == {f"{events['table']}_p{middle}"}, plan
 
 
 @pytest.mark.destructive
@@ -525,9 +584,9 @@ def test_eight_concurrent_connections_create_a_new_month_without_error(
     database, user, password = runtime_login
     if database != events["database"]:
         pytest.skip("the partitioned table is not in the app's database")
-    suffix = "209806"
+    suffix, timestamp = ahead(events, max_ahead(events))
     drop_children(host, events, [suffix])
-    row = insert_sql(events, "2098-06-10 08:00:00+00")
+    row = insert_sql(events, timestamp)
     client = (
         f"PGPASSWORD={shlex.quote(password)} psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1"
         f" -p {v('postgresql_port')} -U {user} -d {database}"
@@ -558,15 +617,28 @@ echo "failed=$failed"
 
 @pytest.mark.destructive
 def test_retention_service_drops_a_child_older_than_the_retention(host, events):
+    """Children older than the retention go, and so do children beyond the look-ahead cap that
+    an older version let a role make (made here as postgres, as such a version would have);
+    children inside the window stay."""
     suffix = "200101"
-    drop_children(host, events, [suffix])
+    future, timestamp = ahead(events, 1)
+    far, _ = ahead(events, max_ahead(events) + 1)
+    schema = events.get("schema", "public")
+    drop_children(host, events, [suffix, far])
     psql(host, insert_sql(events, "2001-01-15 00:00:00+00"), events["database"])
-    psql(host, insert_sql(events, "2099-01-15 00:00:00+00"), events["database"])
-    assert f"{events['table']}_p{suffix}" in children(host, events)
+    psql(host, insert_sql(events, timestamp), events["database"])
+    psql(
+        host,
+        f"CREATE TABLE {schema}.{events['table']}_p{far} () INHERITS ({schema}.{events['table']});"
+        f" ALTER TABLE {schema}.{events['table']}_p{far} OWNER TO {events['owner']}",
+        events["database"],
+    )
+    assert {f"{events['table']}_p{s}" for s in (suffix, far)} <= set(children(host, events))
     host.check_output("systemctl start postgresql-partitions.service")
     remaining = children(host, events)
     assert f"{events['table']}_p{suffix}" not in remaining
-    assert f"{events['table']}_p209901" in remaining, "a future child must survive retention"
+    assert f"{events['table']}_p{far}" not in remaining, "a child beyond the cap must go"
+    assert f"{events['table']}_p{future}" in remaining, "a future child must survive retention"
 
 
 def test_partition_maintenance_runs_on_a_timer(host, v):
@@ -681,7 +753,7 @@ def test_partitioned_data_restores_from_its_dump(host, v, events):
     database = events["database"]
     if v("postgresql_backup_databases") and database not in v("postgresql_backup_databases"):
         pytest.skip(f"{database} is not backed up in this inventory")
-    psql(host, insert_sql(events, "2099-03-20 00:00:00+00"), database)
+    psql(host, insert_sql(events, ahead(events, 3)[1]), database)
     host.check_output("systemctl start postgresql-backup.service")
     dump = newest_dump(host, v("postgresql_backup_dir"), database)
     scratch = f"{database}_restore_check"

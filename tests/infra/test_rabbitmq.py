@@ -7,15 +7,20 @@ restarting the broker are marked destructive."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import ssl
+import subprocess
+import sys
+from pathlib import Path
 
 import pika
 import pytest
-from conftest import address_of, assert_sandboxed, listeners, main_pid, relay_from, wait_for
+from conftest import ROOT, address_of, assert_sandboxed, listeners, main_pid, relay_from, wait_for
 
 testinfra_hosts = ["ansible://broker"]
 ROLE = "rabbitmq"
+BIN = Path(sys.executable).parent
 # RabbitMQ reads kB/MB/GB as powers of 1000 and k/M/G/kiB/MiB/GiB as powers of 1024.
 UNITS = {"": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "k": 2**10, "kiB": 2**10}
 UNITS |= {"M": 2**20, "MiB": 2**20, "G": 2**30, "GiB": 2**30}
@@ -158,6 +163,49 @@ def test_persistent_message_survives_a_restart(host, v, app_host):
     port = v("rabbitmq_amqp_port")
     assert wait_for(lambda: host.socket(f"tcp://{address_of(host)}:{port}").is_listening, 60)
     assert amqp(app_host, host, v, "consume", queue)["body"] == f"stackkit {queue}"
+
+
+@pytest.mark.destructive
+def test_the_converge_checks_and_sets_the_password_out_of_every_process_list(
+    host, v, app_host, tmp_path
+):
+    """With the app user's password changed behind Ansible's back, the role finds it wrong and
+    sets it again, both through rabbitmqctl's stdin: a sampler of every process's arguments on
+    the broker sees both commands and never the password."""
+    user, password = v("rabbitmq_app_user"), v("rabbitmq_app_password")
+    # printf is the shell's builtin: the stale password is in no argument list either.
+    host.check_output(
+        f"printf %s stale-password-0123456789 | rabbitmqctl change_password {shlex.quote(user)}"
+    )
+    assert not amqp(app_host, host, v, "connect", "")["connected"]
+    log = "/run/stackkit-argv.log"
+    sampler = "stackkit-argv-sampler"
+    # [a]... matches the commands, not the sampler's own grep.
+    host.check_output(
+        f"rm -f {log}; systemd-run --quiet --collect --unit={sampler} sh -c "
+        + shlex.quote(
+            "while :; do ps -eww -o args= | grep -e '[a]uthenticate_user' -e '[c]hange_password'; "
+            f"sleep 0.05; done >> {log}"
+        )
+    )
+    playbook = tmp_path / "rabbitmq.yml"
+    playbook.write_text(
+        "- name: Converge the brokers\n  hosts: broker\n  become: true\n  roles: [rabbitmq]\n"
+    )
+    try:
+        run = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", host.backend.ansible_inventory, str(playbook)],
+            cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+            env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_ROLES_PATH": str(ROOT / "roles")},
+        )  # fmt: skip
+    finally:
+        host.run(f"systemctl stop {sampler}")
+    seen = host.check_output(f"cat {log}")
+    host.check_output(f"rm -f {log}")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "authenticate_user" in seen and "change_password" in seen, "the sampler saw nothing"
+    assert password not in seen
+    assert amqp(app_host, host, v, "connect", "")["connected"]
 
 
 def test_erlang_cookie_comes_from_the_inventory_and_is_private(host, v):

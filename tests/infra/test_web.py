@@ -156,6 +156,27 @@ def test_gunicorn_listens_on_the_private_address_only(host, v):
     assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening
 
 
+@pytest.mark.destructive
+def test_a_stopped_app_is_not_started_again_by_a_request(host, v):
+    """gunicorn's socket is PartOf the app's target: stopping the target closes the port too,
+    so a request is refused instead of starting gunicorn again; starting the target opens it."""
+    target, service, port = v("gunicorn_target"), v("gunicorn_service_name"), v("gunicorn_port")
+    connect = (
+        f'python3 -c \'import socket; socket.create_connection(("{address_of(host)}", {port}),'
+        " timeout=3).close()'"
+    )
+    try:
+        host.check_output(f"systemctl stop {target}")
+        assert not host.service(f"{service}.socket").is_running
+        assert host.run(connect).rc != 0, "the port still accepts with the app stopped"
+        assert not host.service(service).is_running, "a request started the stopped app"
+    finally:
+        host.check_output(f"systemctl start {target}")
+    assert wait_for(lambda: host.service(service).is_running, 60)
+    assert host.service(f"{service}.socket").is_running
+    assert wait_for(lambda: host.run(connect).rc == 0)
+
+
 def test_gunicorn_is_not_reachable_from_outside_the_web_tier(host, v):
     """Closed to the controller, yet open on the private address (else "not reachable" would
     pass for a gunicorn that is down)."""
@@ -374,6 +395,7 @@ def test_every_answer_carries_hsts_and_the_security_headers(https, tls_context):
     assert "script-src 'self'" in csp
     assert "unsafe-inline" not in csp
     assert "frame-ancestors 'none'" in csp
+    assert re.search(r"(^|;)\s*img-src data:\s*(;|$)", csp), csp  # the empty icon, no https:
     assert "camera=()" in headers["Permissions-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["X-Frame-Options"] == "DENY"

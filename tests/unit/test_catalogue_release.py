@@ -105,3 +105,28 @@ def test_drain_refuses_to_take_out_the_last_server_up(host, monkeypatch, capsys)
     assert "last server" in capsys.readouterr().err
     assert release.main(["undrain", "10.0.0.5:8000"]) == 0
     assert upstream.read_text().count(" down") == 0
+
+
+def test_a_restart_restarts_the_targets_services_and_leaves_its_socket_open(host, monkeypatch):
+    """gunicorn's socket is PartOf the target (stopping the app stops it): a restart of the
+    target would close it, so the release tool restarts the target's services instead."""
+    calls = []
+
+    def run(step, argv, **kw):
+        calls.append(argv)
+        if argv[:2] == ["systemctl", "show"] and argv[3] == "ConsistsOf":
+            return (
+                "catalogue-web.socket catalogue-worker@default.service"
+                " catalogue-web.service catalogue-beat.service\n"
+            )
+        return ""
+
+    monkeypatch.setattr(release, "run", run)
+    release.restart(release.Config.load())
+    assert calls[-2:] == [
+        ["systemctl", "try-restart", "catalogue-beat.service", "catalogue-web.service",
+         "catalogue-worker@default.service"],
+        ["systemctl", "start", "catalogue.target"],
+    ]  # fmt: skip
+    assert not any("restart" in argv and "catalogue.target" in argv for argv in calls)
+    assert not any("catalogue-web.socket" in argv for argv in calls if argv[1] != "show")

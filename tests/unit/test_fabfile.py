@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from invoke.exceptions import Exit
-from paramiko import AutoAddPolicy, RejectPolicy, RSAKey
+from paramiko import RejectPolicy, RSAKey
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -58,7 +58,7 @@ def test_connection_comes_from_the_inventory_without_the_vault(inventory):
     conn = fabfile.connect("web2", inventory)
     assert (conn.host, conn.user, conn.port) == ("10.0.0.6", "deploy", 2222)
     assert conn.connect_kwargs == {"key_filename": ["/keys/id"]}
-    assert isinstance(conn.client._policy, AutoAddPolicy)
+    assert isinstance(conn.client._policy, fabfile.AcceptUnrecorded)
     assert fabfile.value("web1", "app_upstream_address", inventory) == "10.0.0.5:8000"
 
 
@@ -76,7 +76,49 @@ def test_ssh_options_the_inventory_hands_ssh_decide_as_they_would_for_ssh(invent
     conn = fabfile.connect("web1", inventory)
     assert isinstance(conn.client._policy, RejectPolicy)
     assert "10.0.0.5" in conn.client.get_host_keys()
-    assert isinstance(fabfile.connect("worker1", inventory).client._policy, AutoAddPolicy)
+    assert isinstance(
+        fabfile.connect("worker1", inventory).client._policy, fabfile.AcceptUnrecorded
+    )
+
+
+@pytest.mark.parametrize(
+    ("common", "extra", "policy"),
+    [
+        ("-o StrictHostKeyChecking=yes -o StrictHostKeyChecking=no", "", RejectPolicy),
+        ("-oStrictHostKeyChecking=no -oStrictHostKeyChecking=yes", "", fabfile.AcceptUnrecorded),
+        ("-o stricthostkeychecking=yes", "-o StrictHostKeyChecking=no", RejectPolicy),
+        ("-o 'StrictHostKeyChecking no'", "-o StrictHostKeyChecking=yes", fabfile.AcceptUnrecorded),
+    ],
+)
+def test_the_first_value_of_a_repeated_ssh_option_wins_as_in_ssh(
+    inventory, tmp_path, common, extra, policy
+):
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "web1.yml").write_text(
+        f"ansible_ssh_common_args: {common!r}\nansible_ssh_extra_args: {extra!r}\n"
+    )
+    assert type(fabfile.connect("web1", inventory).client._policy) is policy
+
+
+def test_ssh_options_are_read_as_ssh_reads_them():
+    args = ["-C", "-o", "UserKnownHostsFile=/a /b", "-oUserKnownHostsFile=/c", "-o", "Port 2"]
+    assert fabfile.ssh_options(args) == {"userknownhostsfile": "/a /b", "port": "2"}
+
+
+def test_with_checking_off_an_unverified_key_is_written_nowhere(inventory, tmp_path):
+    known = tmp_path.parent / f"{tmp_path.name}.known_hosts"
+    known.write_text(f"10.0.0.99 ssh-rsa {RSAKey.generate(1024).get_base64()}\n")
+    before = known.read_text()
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "worker1.yml").write_text(
+        f"ansible_ssh_common_args: -o UserKnownHostsFile={known} -o StrictHostKeyChecking=no\n"
+    )
+    client = fabfile.connect("worker1", inventory).client
+    assert "10.0.0.99" in client.get_host_keys()  # known keys are still read
+    # What SSHClient.connect does with a key it does not know: ask the policy.
+    client._policy.missing_host_key(client, "10.0.0.7", RSAKey.generate(1024))
+    assert known.read_text() == before
+    assert "10.0.0.7" not in client.get_host_keys()
 
 
 def test_an_unknown_host_is_refused(inventory):

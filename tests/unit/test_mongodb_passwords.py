@@ -85,20 +85,23 @@ def server(tmp_path):
         stop(process)
 
 
-def variables(server, admin: str, app: str = APP_1) -> dict:
+def variables(server, admin: str, app: str = APP_1, previous: str = "") -> dict:
     return {
         "ansible_python_interpreter": str(PYTHON),
         "mongodb_port": server["port"],
         "mongodb_data_dir": str(server["data"]),
         "__mongodb_admin_password_file": str(server["dir"] / "admin-password"),
         "mongodb_admin_password": admin,
+        "mongodb_admin_previous_password": previous,
         "mongodb_app_password": app,
     }
 
 
-def converge(server, admin: str, app: str) -> tuple[int, str]:
+def converge(server, admin: str, app: str, previous: str = "") -> tuple[int, str]:
     """Run the role's user tasks; return the number of changed tasks and the output."""
-    result = run_play(server["dir"], tasks_play("mongodb", "users"), variables(server, admin, app))
+    result = run_play(
+        server["dir"], tasks_play("mongodb", "users"), variables(server, admin, app, previous)
+    )
     out = result.stdout + result.stderr
     recap = re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)", out)
     assert recap, out
@@ -147,8 +150,8 @@ def test_users_follow_the_vault_and_unchanged_passwords_change_nothing(server):
     assert app_logs_in(server, APP_1)
     assert converge(server, ADMIN_1, APP_1)[0] == 0
 
-    # A new admin password: the role logs in with the one it kept and sets the vault's.
-    changed, out = converge(server, ADMIN_2, APP_1)
+    # A new admin password: the role logs in with the previous one it is given.
+    changed, out = converge(server, ADMIN_2, APP_1, previous=ADMIN_1)
     assert changed > 0, out
     assert admin_logs_in(server, ADMIN_2)
     assert not admin_logs_in(server, ADMIN_1)
@@ -162,7 +165,7 @@ def test_users_follow_the_vault_and_unchanged_passwords_change_nothing(server):
     assert not app_logs_in(server, APP_1)
 
     # Both at once, then nothing.
-    changed, out = converge(server, ADMIN_1, APP_1)
+    changed, out = converge(server, ADMIN_1, APP_1, previous=ADMIN_2)
     assert changed > 0, out
     assert admin_logs_in(server, ADMIN_1)
     assert app_logs_in(server, APP_1)
@@ -171,17 +174,29 @@ def test_users_follow_the_vault_and_unchanged_passwords_change_nothing(server):
     for secret in (ADMIN_1, ADMIN_2, APP_1, APP_2):
         assert secret not in out
 
+    # No password is kept anywhere: only the play's own variables file holds one.
+    holding = [
+        path.name
+        for path in server["dir"].rglob("*")
+        if path.is_file() and path.name != "vars.yml"
+        for secret in (ADMIN_1, ADMIN_2)
+        if secret.encode() in path.read_bytes()
+    ]
+    assert holding == []
+
+
+def test_the_admin_password_kept_by_earlier_versions_is_removed(server):
     kept = server["dir"] / "admin-password"
-    assert kept.read_text() == ADMIN_1
-    assert kept.stat().st_mode & 0o777 == 0o600
+    kept.write_text(ADMIN_1)
+    assert converge(server, ADMIN_1, APP_1)[0] > 0
+    assert not kept.exists()
 
 
-def test_an_admin_password_changed_elsewhere_fails_naming_the_variable(server):
+def test_a_new_admin_password_without_the_previous_one_fails_naming_the_variables(server):
     converge(server, ADMIN_1, APP_1)
-    (server["dir"] / "admin-password").unlink()
     changed, out = converge(server, ADMIN_2, APP_1)
     assert changed == -1
-    assert "mongodb_admin_password" in out
+    assert "mongodb_admin_previous_password" in out
     assert ADMIN_1 not in out
     assert ADMIN_2 not in out
     assert admin_logs_in(server, ADMIN_1)

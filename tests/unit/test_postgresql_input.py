@@ -34,6 +34,12 @@ def test_good_input_passes_preflight(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_a_look_ahead_cap_of_premake_passes(tmp_path):
+    table = {**GOOD_TABLE, "premake": 2, "max_ahead": 2}
+    result = run_role(tmp_path, {"postgresql_partitioned_tables": [table]})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -41,8 +47,15 @@ def test_good_input_passes_preflight(tmp_path):
         ({"mode": "sharded"}, "sharded"),
         ({"column": "updated_at"}, "column one of its columns"),
         ({"database": "elsewhere"}, "database one of postgresql_databases"),
+        ({"premake": 3, "max_ahead": 2}, "max_ahead at least premake"),
     ],
-    ids=["interval-week", "unknown-mode", "column-not-a-column", "unknown-database"],
+    ids=[
+        "interval-week",
+        "unknown-mode",
+        "column-not-a-column",
+        "unknown-database",
+        "max-ahead-below-premake",
+    ],
 )
 def test_bad_partitioned_table_fails_naming_the_variable(tmp_path, change, expected):
     result = run_role(tmp_path, {"postgresql_partitioned_tables": [{**GOOD_TABLE, **change}]})

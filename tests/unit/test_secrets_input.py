@@ -139,6 +139,18 @@ def test_app_secret_with_a_trailing_newline_cannot_be_quoted(tmp_path):
     assert "newline" in output(result)
 
 
+@pytest.mark.parametrize(
+    "value", [STRONG + " ", " " + STRONG, STRONG + "\n", STRONG[:8] + "\n" + STRONG[8:]]
+)
+def test_a_rabbitmq_password_that_stdin_would_trim_is_refused(tmp_path, value):
+    # rabbitmqctl reads the password from stdin, where it trims white space and reads one line.
+    result = run_preflight(
+        tmp_path, "rabbitmq", {**ROLES["rabbitmq"], "rabbitmq_app_password": value}
+    )
+    assert_refused_naming(result, "rabbitmq_app_password", value.strip())
+    assert "white space" in output(result)
+
+
 def _vault_values(node, found: dict[str, str]) -> dict[str, str]:
     """vault_* string values anywhere in a parsed YAML document."""
     if isinstance(node, dict):

@@ -295,9 +295,16 @@ def web_address(cfg: Config) -> str | None:
 
 def restart(cfg: Config) -> None:
     """Restart every process of the app. gunicorn's socket stays open (socket activation):
-    connections that arrive meanwhile wait in its backlog for the new processes."""
+    connections that arrive meanwhile wait in its backlog for the new processes. The socket is
+    PartOf the target (a stopped app is not started again by a request), so a restart of the
+    target would close it: the target's services are restarted instead, then the target is
+    started, which starts whichever of its units were not running."""
     run("restart", ["systemctl", "daemon-reload"])
-    run("restart", ["systemctl", "restart", cfg.target])
+    members = systemctl_value(cfg.target, "ConsistsOf").split()
+    services = sorted(unit for unit in members if not unit.endswith(".socket"))
+    if services:
+        run("restart", ["systemctl", "try-restart", *services])
+    run("restart", ["systemctl", "start", cfg.target])
 
 
 def wait_ready(cfg: Config, address: str | None) -> None:
