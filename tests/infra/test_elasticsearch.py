@@ -6,11 +6,19 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import socket
+import ssl
 import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import assert_sandboxed, wait_for
+from conftest import assert_sandboxed, relay_from, wait_for
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 testinfra_hosts = ["ansible://search"]
 ROLE = "elasticsearch"
@@ -121,3 +129,74 @@ def test_index_templates_are_in_place(es, v):
 
 def test_cluster_is_at_least_yellow(es):
     assert es("GET", "/_cluster/health")["status"] in ("green", "yellow")
+
+
+def client_certificate(ca_pem: str, ca_key_pem: str, name: str, directory: Path) -> tuple:
+    """A client certificate of the internal CA for `name`, as the pki role issues one."""
+    ca = x509.load_pem_x509_certificate(ca_pem.encode())
+    ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def proxy_answer(local_port: int, server_name: str, ca_pem: str, cert: tuple) -> str:
+    """What the proxy answers a GET / from this client certificate (or the error)."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.load_cert_chain(*cert)
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", local_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return tls.recv(64).decode(errors="replace") or "EOF"
+    except (ssl.SSLError, OSError) as error:
+        return f"{type(error).__name__}: {error}"
+
+
+@pytest.mark.destructive
+def test_the_proxy_takes_the_app_hosts_certificates_and_no_other_of_the_ca(
+    host, v, app_host, tmp_path
+):
+    """Every host of the deployment holds a certificate of the internal CA; the proxy serves
+    only the names of elasticsearch_proxy_client_names (the app hosts). Both certificates
+    here are issued by the CA for this check (the CA's key is in the inventory), one with an app
+    host's name and one with a name that is none of them."""
+    names = v("elasticsearch_proxy_client_names")
+    if not v("elasticsearch_proxy_enabled") or not names:
+        pytest.skip("the search proxy takes any certificate of the CA in this inventory")
+    ca_pem, ca_key_pem = v("pki_ca_certificate"), v("pki_ca_private_key")
+    address, port = v("elasticsearch_proxy_address"), v("elasticsearch_proxy_port")
+    with relay_from(app_host, address, port) as local:
+        answers = {
+            name: proxy_answer(
+                local,
+                host.backend.host,
+                ca_pem,
+                client_certificate(ca_pem, ca_key_pem, name, tmp_path),
+            )
+            for name in (names[0], "stackkit-not-an-app-host.invalid")
+        }
+    assert answers[names[0]].startswith("HTTP/1."), answers
+    assert not answers["stackkit-not-an-app-host.invalid"].startswith("HTTP/"), answers
