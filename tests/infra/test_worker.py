@@ -95,7 +95,12 @@ def test_a_worker_denied_the_data_tier_cannot_reach_it(host, workers, inventory_
     run = f"systemd-run --quiet --wait --pipe -p User={shlex.quote(user)}"
     allowed = dict(zip(targets, host.check_output(f"{run} {probe}").split(), strict=True))
     assert set(allowed.values()) == {"0"}, f"the app account cannot reach the data tier: {allowed}"
-    blocked = host.check_output(f"{run} -p IPAddressDeny={shlex.quote(deny)} {probe}").split()
+    # The unit's own address filter, an allow list included (systemd lets an allowed address
+    # through whatever the deny list says).
+    allow = host.check_output(f"systemctl show {unit(denied[0])} -p IPAddressAllow --value")
+    limits = f"-p IPAddressDeny={shlex.quote(deny)}"
+    limits += f" -p IPAddressAllow={shlex.quote(allow)}" if allow else ""
+    blocked = host.check_output(f"{run} {limits} {probe}").split()
     reached = [t for t, errno in zip(targets, blocked, strict=True) if errno == "0"]
     assert not reached, f"{unit(denied[0])}'s IPAddressDeny= lets these through: {reached}"
 
