@@ -18,8 +18,9 @@ export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/tests/hosts/local-vault-password
 endif
 # Controller packages: a container engine, debootstrap for the test images, Python,
 # systemd-analyze (package systemd) to score the units the roles write, and Chromium for the
-# browser test (Playwright drives the distribution's build; it downloads no browser).
-APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make systemd chromium
+# browser test (Playwright drives the distribution's build; it downloads no browser), and gpg
+# for the unit test of the roles' signing-key checks (tests/unit/test_apt_keys.py).
+APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make systemd chromium gpg
 
 .PHONY: help
 help: ## list the targets
@@ -28,7 +29,8 @@ help: ## list the targets
 .PHONY: bootstrap
 bootstrap: $(VENV)/.installed ## install controller packages and the Python tooling
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
-	  && command -v systemd-analyze >/dev/null && command -v chromium >/dev/null || { \
+	  && command -v systemd-analyze >/dev/null && command -v chromium >/dev/null \
+	  && command -v gpg >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
 
 $(VENV)/.installed: pyproject.toml

@@ -7,8 +7,11 @@
 For each driver, a copy of app/ with a changed stylesheet is deployed (a real release switch:
 every process of the app restarts) while Locust (tests/load/locustfile.py: page, autocomplete,
 search and new products) keeps USERS users busy. Locust runs exactly as long as the deploy.
-Prints, per driver: requests made, non-2xx, p99 latency and the deploy's own time; exits 1 when
-a deploy failed or any request got a non-2xx answer. Destructive: it deploys and adds products.
+Prints, per driver: requests made, non-2xx, p99 latency, the deploy's own time, whether nginx
+serves the new release's stylesheet afterwards and how many of the products accepted during
+the run were never stored; exits 1 when a deploy failed, any request got a non-2xx answer, no
+request or product was made, the new release is not what nginx serves, or a product accepted
+during the switch was lost. Destructive: it deploys and adds products.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urljoin
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "hosts"))
@@ -41,8 +46,42 @@ def changed_checkout(directory: Path) -> Path:
         ROOT / "app", checkout, ignore=shutil.ignore_patterns(".venv", "__pycache__", "staticfiles")
     )
     css = checkout / STYLESHEET
-    css.write_text(css.read_text() + f"/* bench {uuid.uuid4().hex} */\n")
+    css.write_text(css.read_text() + f"/* bench {checkout_marker(checkout)} */\n")
     return checkout
+
+
+def checkout_marker(checkout: Path) -> str:
+    """What the changed stylesheet says, and so what nginx serves once the release is live."""
+    marker = checkout.parent / "marker"
+    if not marker.exists():
+        marker.write_text(uuid.uuid4().hex)
+    return marker.read_text()
+
+
+def release_live(url: str, marker: str) -> bool:
+    """The page through nginx links the stylesheet of the release that carries `marker`."""
+    http = site_client.session()
+    page = http.get(f"{url}/", timeout=10)
+    link = re.search(r'<link rel="stylesheet" href="([^"]+)"', page.text)
+    if page.status_code != 200 or not link:
+        return False
+    return marker in http.get(urljoin(f"{url}/", link.group(1)), timeout=10).text
+
+
+def unstored(url: str, accepted: Path, timeout: float = 120) -> list[str]:
+    """The products the API accepted (202) during the run that are not stored within
+    `timeout` (the workers may still be draining the queue): none, when the promise holds."""
+    http = site_client.session()
+    waiting = set(accepted.read_text().split()) if accepted.exists() else set()
+    deadline = time.monotonic() + timeout
+    while waiting:
+        waiting = {
+            i for i in waiting if http.get(f"{url}/api/products/{i}", timeout=10).status_code != 200
+        }
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    return sorted(waiting)
 
 
 def deploy_command(driver: str, checkout: Path, inventory: str) -> list[str]:
@@ -88,6 +127,7 @@ def write_json(driver: str, prefix: Path, stats: dict[str, str], seconds: float)
 def run_once(driver: str, args: argparse.Namespace, directory: Path) -> bool:
     checkout = changed_checkout(directory / driver)
     prefix = directory / f"{driver}-load"
+    accepted = directory / f"{driver}-accepted"
     locust = subprocess.Popen(
         [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "tests/load/locustfile.py"),
          "--headless", "--host", args.url, "--users", str(args.users),
@@ -95,7 +135,8 @@ def run_once(driver: str, args: argparse.Namespace, directory: Path) -> bool:
          "--csv-full-history",
          "--only-summary", "--loglevel", "WARNING"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "STACKKIT_API_TOKEN": site_client.api_token(args.inventory)},
+        env={**os.environ, "STACKKIT_API_TOKEN": site_client.api_token(args.inventory),
+             "STACKKIT_ACCEPTED_LOG": str(accepted)},
     )  # fmt: skip
     time.sleep(WARMUP)  # Locust starts its users; the deploy must begin under full load
     started = time.monotonic()
@@ -109,13 +150,20 @@ def run_once(driver: str, args: argparse.Namespace, directory: Path) -> bool:
     locust.send_signal(signal.SIGTERM)
     locust.communicate(timeout=60)
     stats = aggregated(prefix)
-    failures = int(stats["Failure Count"])
+    failures, requests = int(stats["Failure Count"]), int(stats["Request Count"])
+    live = release_live(args.url, checkout_marker(checkout))
+    posted = len(accepted.read_text().split()) if accepted.exists() else 0
+    lost = unstored(args.url, accepted)
     print(
         f"{driver:8} deploy {'ok' if deployed.returncode == 0 else 'FAILED'} in {seconds:.0f} s;"
-        f" requests {stats['Request Count']}, non-2xx {failures}, p99 {stats['99%']} ms"
-        f" (p50 {stats['50%']} ms, max {float(stats['Max Response Time']):.0f} ms)",
+        f" requests {requests}, non-2xx {failures}, p99 {stats['99%']} ms"
+        f" (p50 {stats['50%']} ms, max {float(stats['Max Response Time']):.0f} ms);"
+        f" new release live {'yes' if live else 'NO'}; products accepted {posted},"
+        f" not stored {len(lost)}",
         flush=True,
     )
+    if lost:
+        print(f"  accepted and never stored: {', '.join(lost[:20])}")
     write_json(driver, prefix, stats, seconds)
     if deployed.returncode != 0:
         print(log.read_text()[-3000:], file=sys.stderr)
@@ -123,7 +171,12 @@ def run_once(driver: str, args: argparse.Namespace, directory: Path) -> bool:
         with open(f"{prefix}_failures.csv", newline="") as handle:
             for row in csv.DictReader(handle):
                 print(f"  {row['Occurrences']} x {row['Method']} {row['Name']}: {row['Error']}")
-    return deployed.returncode == 0 and failures == 0
+    # A run that made no request, or wrote nothing, or whose release never went live, proves
+    # nothing about a switch under load.
+    return (
+        deployed.returncode == 0 and failures == 0 and requests > 0 and live and posted > 0
+        and not lost
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,8 +55,9 @@ FAULTS: dict[str, tuple[str, str]] = {
         " $(systemctl show --property MainPID --value catalogue-web.service)",
     ),
 }
-# What `make test` runs: the faults that lost products before the outbox.
-SHORT = ("broker-restart", "worker-kill", "db-restart")
+# What `make test` runs: the faults that lost products before the outbox, and restarts of the
+# cache and the document store that every accepted product must live through too.
+SHORT = ("broker-restart", "worker-kill", "db-restart", "cache-restart", "docs-restart")
 
 # Runs in the app's own environment on an app host (catalogue-manage shell): reads the
 # accepted ids and refused titles from standard input, prints one JSON line of findings.

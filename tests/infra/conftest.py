@@ -58,12 +58,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     wanted = os.environ.get("STACKKIT_TESTS", "")
     if wanted:
         names = {name.strip() for name in wanted.split(",")}
+        unknown = sorted(names - suite_names())
+        if unknown:
+            raise pytest.UsageError(
+                f"STACKKIT_TESTS names no suite {', '.join(unknown)}: tests/infra has "
+                f"{', '.join(sorted(suite_names()))}"
+            )
         keep = [item for item in items if item.path.stem.removeprefix("test_") in names]
         dropped = [item for item in items if item not in keep]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
     refuse_destructive_on_kept_hosts(config, items)
+
+
+def suite_names() -> set[str]:
+    """What STACKKIT_TESTS may name: tests/infra/test_NAME.py."""
+    return {path.stem.removeprefix("test_") for path in Path(__file__).parent.glob("test_*.py")}
 
 
 def refuse_destructive_on_kept_hosts(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -570,17 +570,48 @@ def test_a_new_product_shows_up_in_a_hot_prefix_within_2_s_of_being_searchable(s
 
 
 @pytest.mark.destructive
-def test_stats_aggregate_products_terms_and_image_outcomes(site, images):
-    name = word()
-    product_id = site.add(f"Stats {name}", f"{images.base}/img/{name}.png")
-    assert wait_for(lambda: site.stored(product_id)["image"]["outcome"] == "ok", timeout=60)
-    assert wait_for(lambda: product_id in site.search_ids(name), timeout=60)
-    stats = site.internal("/api/stats").json()
+def test_stats_count_a_new_product_its_title_terms_and_its_image_outcome(site, db, images):
+    """Before and after one product: today's count, its title's most frequent term and the
+    `ok` image outcomes each grow by exactly one. Earlier tests' products may still be on their
+    way to the index: the first figures are read once the stats agree with PostgreSQL's rows."""
     today = datetime.now(UTC).date().isoformat()
-    per_day = {bucket["day"]: bucket["count"] for bucket in stats["products_per_day"]}
-    assert per_day.get(today, 0) >= 1
-    assert stats["top_title_terms"]
-    assert stats["image_fetch_outcomes"].get("ok", 0) >= 1
+
+    def figures() -> tuple[int, dict[str, int], int]:
+        stats = site.internal("/api/stats").json()
+        per_day = {bucket["day"]: bucket["count"] for bucket in stats["products_per_day"]}
+        terms = {bucket["term"]: bucket["count"] for bucket in stats["top_title_terms"]}
+        return per_day.get(today, 0), terms, stats["image_fetch_outcomes"].get("ok", 0)
+
+    def rows() -> tuple[int, int]:
+        # Today as the index buckets it: UTC days.
+        return tuple(
+            int(n)
+            for n in db(
+                "SELECT count(*) FILTER (WHERE (created_at AT TIME ZONE 'UTC')::date"
+                f" = '{today}'), count(*) FILTER (WHERE image_outcome = 'ok')"
+                " FROM public.catalogue_product"
+            )[0]
+        )
+
+    def settled() -> bool:
+        day, _, ok = figures()
+        return (day, ok) == rows()
+
+    assert wait_for(settled, timeout=120), f"stats {figures()} never matched the rows {rows()}"
+    day_before, terms_before, ok_before = figures()
+    name = word()
+    # The index's top term, if any, so the product moves a count the stats already show.
+    term = max(terms_before, key=terms_before.get, default=f"stats{name}")
+    product_id = site.add(f"{term} {name}", f"{images.base}/img/{name}.png")
+    assert wait_for(lambda: site.stored(product_id)["image"]["outcome"] == "ok", timeout=60)
+    expected = (day_before + 1, terms_before.get(term, 0) + 1, ok_before + 1)
+
+    def counted() -> tuple[int, int, int]:
+        day, terms, ok = figures()
+        return day, terms.get(term, 0), ok
+
+    wait_for(lambda: all(n >= e for n, e in zip(counted(), expected, strict=True)), timeout=60)
+    assert counted() == expected, f"(today, {term!r}, ok) went from {expected} less one each"
 
 
 # --- where the data lands ----------------------------------------------------------------------

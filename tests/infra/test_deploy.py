@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,5 +116,14 @@ def test_a_release_switch_under_load_fails_no_request(host, driver, pytestconfig
         command, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert f"{driver:8} deploy ok" in result.stdout
-    assert "non-2xx 0," in result.stdout
+    figures = re.search(
+        rf"{driver} +deploy ok in \d+ s; requests (\d+), non-2xx (\d+),.*; new release live"
+        r" (\w+); products accepted (\d+), not stored (\d+)",
+        result.stdout,
+    )
+    assert figures, result.stdout
+    requests, non_2xx, live, accepted, lost = figures.groups()
+    # Load was there, nothing failed, the switch happened, and what was accepted was kept.
+    assert int(requests) > 0 and int(non_2xx) == 0, result.stdout
+    assert live == "yes", result.stdout
+    assert int(accepted) > 0 and int(lost) == 0, result.stdout

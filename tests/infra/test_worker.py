@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from conftest import assert_sandboxed, main_pid, process_limits, var_of, wait_for
+from conftest import address_of, assert_sandboxed, main_pid, process_limits, var_of, wait_for
 
 testinfra_hosts = ["ansible://worker"]
 ROLE = "celery"
@@ -50,31 +50,59 @@ def test_workers_and_beat_are_sandboxed(host, workers):
         assert_sandboxed(host, "catalogue-beat", "app")
 
 
-# Connects to the data tier's PostgreSQL port; prints the errno (0: connected).
-CONNECT = (
-    "import socket, sys; s = socket.socket(); s.settimeout(3); "
-    "print(s.connect_ex((sys.argv[1], int(sys.argv[2]))))"
-)
+# Connects to each ADDRESS:PORT given, all at once; prints one errno per target (0: connected).
+CONNECT = """
+import socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def errno(target):
+    address, port = target.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(3)
+        return str(sock.connect_ex((address, int(port))))
+with ThreadPoolExecutor(16) as pool:
+    print(" ".join(pool.map(errno, sys.argv[1:])))
+"""
+DATA_TIERS = ("db", "cache", "docs", "search")
 
 
 def test_a_worker_denied_the_data_tier_cannot_reach_it(host, workers, inventory_hosts):
     """What a worker's IPAddressDeny= does, not only what it says: a process of the same user
-    under the unit's own setting cannot connect to PostgreSQL, which the host itself reaches.
-    (No listener is started: the probe connects to the database that serves.)"""
+    under the unit's own setting connects to none of the ports the data hosts listen on (read
+    from `ss` there), all of which the same user reaches without it. (No listener is started:
+    the probe connects to the services that serve.)"""
     denied = [w for w in workers if w.get("ip_address_deny")]
     if not denied:
-        pytest.skip("no worker of this host is denied any address")
-    db = inventory_hosts("db")[0]
-    address = var_of(db, "private_address", "postgresql")
-    port = str(var_of(db, "postgresql_port", "postgresql"))
+        pytest.skip("no worker of this host is denied any address (one-host topology)")
     deny = host.check_output(f"systemctl show {unit(denied[0])} -p IPAddressDeny --value")
-    if address not in {entry.split("/")[0] for entry in deny.split()}:
-        pytest.skip("this host shares an address with the data tier (one-host topology)")
+    # The unit as systemd loaded it denies what the play declared: a drop-in cannot undo it.
+    declared = set(denied[0]["ip_address_deny"])
+    missing = declared - {entry.split("/")[0] for entry in deny.split()}
+    assert not missing, f"{unit(denied[0])} does not deny {sorted(missing)}: {deny!r}"
+    targets = []
+    for group in DATA_TIERS:
+        for data in inventory_hosts(group):
+            address = address_of(data)
+            if address not in declared:
+                continue
+            for line in data.check_output("ss -H -ltn").splitlines():
+                bound, port = line.split()[3].rsplit(":", 1)
+                if bound in (address, "0.0.0.0", "*", "[::]"):
+                    targets.append(f"{address}:{port}")
+    assert targets, f"no data host has a denied address {sorted(declared)}"
+    targets = sorted(set(targets))
     user = host.check_output(f"systemctl show {unit(denied[0])} -p User --value")
-    probe = f"python3 -c {shlex.quote(CONNECT)} {address} {port}"
+    probe = f"python3 -c {shlex.quote(CONNECT)} {' '.join(targets)}"
     run = f"systemd-run --quiet --wait --pipe -p User={shlex.quote(user)}"
-    assert host.check_output(f"{run} {probe}") == "0"
-    assert host.check_output(f"{run} -p IPAddressDeny={shlex.quote(deny)} {probe}") != "0"
+    allowed = dict(zip(targets, host.check_output(f"{run} {probe}").split(), strict=True))
+    assert set(allowed.values()) == {"0"}, f"the app account cannot reach the data tier: {allowed}"
+    # The unit's own address filter, an allow list included (systemd lets an allowed address
+    # through whatever the deny list says).
+    allow = host.check_output(f"systemctl show {unit(denied[0])} -p IPAddressAllow --value")
+    limits = f"-p IPAddressDeny={shlex.quote(deny)}"
+    limits += f" -p IPAddressAllow={shlex.quote(allow)}" if allow else ""
+    blocked = host.check_output(f"{run} {limits} {probe}").split()
+    reached = [t for t, errno in zip(targets, blocked, strict=True) if errno == "0"]
+    assert not reached, f"{unit(denied[0])}'s IPAddressDeny= lets these through: {reached}"
 
 
 def test_broker_queues_are_durable_and_consumed(inventory_hosts, workers):

@@ -25,6 +25,9 @@ WORDS = [
     "".join(random.choice(CONSONANTS) + random.choice(VOWELS) for _ in range(4)) for _ in range(200)
 ]
 IMAGE_URL = "http://images.invalid/load.png"
+# A file to which every accepted product's id is appended (tests/bench/deploy.py then checks
+# that each one was stored); none when unset.
+ACCEPTED = os.environ.get("STACKKIT_ACCEPTED_LOG", "")
 
 
 def misspell(text: str) -> str:
@@ -74,3 +77,6 @@ class Shopper(FastHttpUser):
         ) as response:
             if response.status_code != 202:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
+            elif ACCEPTED:
+                with open(ACCEPTED, "a") as accepted:
+                    accepted.write(response.json()["id"] + "\n")
