@@ -70,7 +70,7 @@ DRIFTS = (
     ),
     Drift(
         "postgresql-config", "db",
-        "echo 'log_statement = all' >> /etc/postgresql/*/main/conf.d/50-stackkit.conf",
+        "echo 'log_statement = all' | tee -a /etc/postgresql/*/main/conf.d/50-stackkit.conf",
         "grep -c log_statement /etc/postgresql/*/main/conf.d/50-stackkit.conf",
         "postgresql : Write the server settings",
     ),
@@ -84,7 +84,7 @@ DRIFTS = (
         "elasticsearch-config", "search",
         "echo 'action.destructive_requires_name: false' >> /etc/elasticsearch/elasticsearch.yml",
         "grep -c destructive_requires_name /etc/elasticsearch/elasticsearch.yml",
-        "elasticsearch : Configure Elasticsearch",
+        "elasticsearch : Configure Elasticsearch and its JVM",
     ),
     Drift(
         "mongodb-config", "docs",
@@ -94,8 +94,8 @@ DRIFTS = (
     ),
     Drift(
         "gunicorn-config", "web",
-        "sed -i 's/^timeout = .*/timeout = 900/' /etc/gunicorn/gunicorn.conf.py",
-        "grep '^timeout' /etc/gunicorn/gunicorn.conf.py",
+        "sed -i 's/^timeout = .*/timeout = 900/' /etc/catalogue/gunicorn.conf.py",
+        "grep '^timeout' /etc/catalogue/gunicorn.conf.py",
         "gunicorn : Write the gunicorn configuration",
     ),
     Drift(
@@ -103,7 +103,7 @@ DRIFTS = (
         "for f in /etc/systemd/system/catalogue-worker-*.service; do"
         " sed -i 's/^Restart=.*/Restart=no/' $f; done && systemctl daemon-reload",
         "grep -h '^Restart=' /etc/systemd/system/catalogue-worker-*.service",
-        "celery : Write the worker units",
+        "celery : Install the worker units",
     ),
     Drift(
         "secret-mode", "app",
@@ -113,8 +113,9 @@ DRIFTS = (
     ),
     Drift(
         "sshd-option", "all",
-        "echo 'PermitRootLogin yes' >> /etc/ssh/sshd_config.d/00-stackkit.conf"
-        " && systemctl reload ssh",
+        # sshd keeps the first value it reads: the kit's own line is edited.
+        "sed -i 's/^PermitRootLogin .*/PermitRootLogin yes/'"
+        " /etc/ssh/sshd_config.d/00-stackkit.conf && systemctl reload ssh",
         "sshd -T | grep -i '^permitrootlogin'",
         "common : Harden sshd", quick=True,
     ),
@@ -150,9 +151,9 @@ DRIFTS = (
     ),
     Drift(
         "rabbitmq-permissions", "broker",
-        "rabbitmqctl -q set_permissions -p catalogue catalogue '.*' '.*' '.*'",
-        "rabbitmqctl -q list_user_permissions catalogue",
-        "rabbitmq : Create the app user with permissions on its vhost only",
+        "rabbitmqctl -q set_permissions -p catalogue app '^$' '^$' '^$'",
+        "rabbitmqctl -q list_user_permissions app",
+        "rabbitmq : Report the app user's permissions that would be set",
     ),
     Drift(
         "elasticsearch-template", "search",
@@ -160,7 +161,7 @@ DRIFTS = (
         f"{ES}/_template/stackkit-defaults -XPUT -H 'Content-Type: application/json'"
         """ -d '{"template": "*", "order": 0, "settings": {"number_of_replicas": 2}}'""",
         f"{ES}/_template/stackkit-defaults",
-        "elasticsearch : Put the index templates that changed",
+        "elasticsearch : Report the index templates that would be put",
     ),
     Drift(
         "nftables-flushed", "all",
@@ -218,11 +219,10 @@ def refuse_kept_hosts(inventory: str) -> None:
 
 
 def _env() -> dict[str, str]:
-    # JSON on stdout and nothing else: no profile_tasks summary after it.
+    # The JSON document comes first on stdout; profile_tasks' summary (ansible.cfg) follows it.
     return {
         **os.environ,
         "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "ANSIBLE_CALLBACKS_ENABLED": "",
         "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
         "ANSIBLE_NOCOLOR": "1",
     }
@@ -237,7 +237,7 @@ def run_json(command: list[str]) -> dict:
         raise DriftError(
             f"{' '.join(command)}: no JSON (rc {proc.returncode}): {proc.stderr[-2000:]}"
         )
-    result = json.loads(proc.stdout[start:])
+    result, _ = json.JSONDecoder().raw_decode(proc.stdout[start:])
     result["rc"] = proc.returncode
     return result
 
