@@ -104,6 +104,13 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench-deploy: $(VENV)/.load-installed ## requests, non-2xx and p99 through nginx during each deploy
 	$(ACTIVATE) python tests/bench/deploy.py --url $(URL) --inventory $(INVENTORY) --users $(USERS)
 
+# Destructive: it breaks configuration, grants and the firewall on purpose, on hosts that set
+# stackkit_disposable only (tests/drift/drift.py; DRIFT_ARGS="--kinds sshd-option,..." for some).
+DRIFT_ARGS ?=
+.PHONY: drift
+drift: bootstrap ## every kind of drift at once: --check must report each, site.yml repair it, the next run change nothing
+	$(ACTIVATE) python tests/drift/drift.py --inventory $(INVENTORY) --json build/drift.json $(DRIFT_ARGS)
+
 # Destructive: they kill services and write products. The local hosts only, unless told.
 CHAOS_ARGS ?=
 .PHONY: chaos

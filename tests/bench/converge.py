@@ -6,12 +6,14 @@
 
 For every strategy available (linear and free always; mitogen_linear when the optional
 `mitogen` package is installed), a fresh single host (every tier on it) gets a cold
-`site.yml`, then a no-op `site.yml`. Once, on another fresh host of the same image, the floor
-script does by hand what the roles install: the same apt sources, one apt transaction of the
-same distribution packages (those the converge marked manually installed), the same archives
-unpacked (Elasticsearch's zip, SecantusDB's and the app's wheelhouses into virtualenvs) and
-Elasticsearch started until it answers. Prints each time, the ratios cold/floor and no-op/cold,
-task results and changed counts, and the slowest no-op tasks (profile_tasks); writes it all as
+`site.yml`, then a no-op `site.yml`, then every kind of the drift suite (tests/drift/drift.py)
+made at once and the default `site.yml` that repairs it (drift-repair). Once, on another fresh
+host of the same image, the floor script does by hand what the roles install: the same apt
+sources, one apt transaction of the same distribution packages (those the converge marked
+manually installed), the same archives unpacked (Elasticsearch's zip, SecantusDB's and the
+app's wheelhouses into virtualenvs) and Elasticsearch started until it answers. Prints each
+time, the ratios cold/floor and no-op/cold, task results and changed counts, and the slowest
+no-op tasks (profile_tasks); writes it all as
 JSON for `make bench-report`. The hosts are named stackkit-bench-*, apart from `make demo`'s.
 """
 
@@ -32,6 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "hosts"))
 import stackhosts  # noqa: E402 - the harness that starts the local hosts
+
+sys.path.insert(0, str(ROOT / "tests" / "drift"))
+import drift  # noqa: E402 - the drift suite's kinds
 
 PREFIX = "stackkit-bench"
 HOST = "bench1"
@@ -175,6 +180,12 @@ def converge(strategy_env: dict[str, str], log: Path) -> dict:
     }
 
 
+def make_drift(address: str) -> None:
+    """Every kind of the drift suite at once, on the one bench host (it is in every group)."""
+    script = "set -e\n" + "".join(f"( {d.apply} )\n" for d in drift.DRIFTS)
+    ssh(address, "sudo bash -s", input=script.encode()).check_returncode()
+
+
 def packages_added(address: str, before: set[str]) -> list[str]:
     after = set(ssh(address, "apt-mark showmanual", text=True).stdout.split())
     return sorted(after - before)
@@ -235,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             before = set(ssh(address, "apt-mark showmanual", text=True).stdout.split())
             cold = converge(available[name], WORK / f"{name}-cold.log")
             noop = converge(available[name], WORK / f"{name}-noop.log")
-            results["strategies"][name] = {"cold": cold, "noop": noop}
-            print(f"{name}: cold {cold['seconds']} s, no-op {noop['seconds']} s", flush=True)
+            make_drift(address)
+            repair = converge(available[name], WORK / f"{name}-drift.log")
+            results["strategies"][name] = {"cold": cold, "noop": noop, "drift": repair}
+            print(
+                f"{name}: cold {cold['seconds']} s, no-op {noop['seconds']} s,"
+                f" drift-repair {repair['seconds']} s",
+                flush=True,
+            )
             if not packages and not cold["failed"]:
                 packages = packages_added(address, before)
                 apt_tar = ssh(
@@ -258,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     return (
         0
         if all(
-            not r["cold"]["failed"] and not r["noop"]["failed"] and r["noop"]["changed"] == 0
+            not r["cold"]["failed"]
+            and not r["noop"]["failed"]
+            and not r["drift"]["failed"]
+            and r["noop"]["changed"] == 0
             for r in results["strategies"].values()
         )
         else 1
@@ -277,6 +297,7 @@ def print_table(results: dict) -> None:
     print(
         f"{'strategy':<16}{'cold s':>8}{'cold/floor':>11}{'changed':>9}"
         f"{'no-op s':>9}{'no-op/cold':>11}{'tasks':>7}{'changed':>9}"
+        f"{'drift s':>9}{'changed':>9}"
     )
     for name, r in results["strategies"].items():
         cold, noop = r["cold"], r["noop"]
@@ -286,8 +307,13 @@ def print_table(results: dict) -> None:
             f"{noop['seconds']:>9.1f}{noop['seconds'] / cold['seconds']:>11.3f}"
             f"{noop['ok']:>7}{noop['changed']:>9}"
             + (
-                "  FAILED (see " + (cold if cold["failed"] else noop)["log"] + ")"
-                if cold["failed"] or noop["failed"]
+                f"{r['drift']['seconds']:>9.1f}{r['drift']['changed']:>9}"
+                if "drift" in r  # figures written before the drift-repair run was timed
+                else f"{'-':>9}{'-':>9}"
+            )
+            + (
+                "  FAILED (see " + failed[0]["log"] + ")"
+                if (failed := [x for x in (cold, noop, r.get("drift")) if x and x["failed"]])
                 else ""
             )
         )

@@ -1,0 +1,28 @@
+"""The drift suite's short round (tests/drift/drift.py, `make drift` runs every kind): changes
+made on the hosts behind Ansible's back, to the sshd options, the firewall, a package, the
+kernel settings, redis.conf and a unit's open-files limit, are all reported by one
+`site.yml --check --diff`, repaired by the next default run, and the run after that changes
+nothing. The runs are limited to the roles those kinds belong to (drift.QUICK_TAGS)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import ROOT, render
+
+sys.path.insert(0, str(ROOT / "tests" / "drift"))
+import drift
+
+pytestmark = pytest.mark.destructive
+testinfra_hosts = ["ansible://all"]
+
+
+def test_drift_is_reported_by_check_repaired_by_the_default_run_then_nothing_changes(
+    host, pytestconfig
+):
+    if render(host, "inventory_hostname != groups['all'][0]"):
+        pytest.skip("the drift round covers every host; it runs once, from the first")
+    figures = drift.run(pytestconfig.option.ansible_inventory, list(drift.QUICK), drift.QUICK_TAGS)
+    assert figures["noop"]["changed"] == 0
+    assert len(figures["kinds"]) == len(drift.QUICK) >= 5
