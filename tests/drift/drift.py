@@ -165,7 +165,7 @@ DRIFTS = (
     ),
     Drift(
         "nftables-flushed", "all",
-        "nft flush table inet stackkit",
+        "nft delete table inet stackkit",
         "nft -s list table inet stackkit 2>&1",
         "common : Compare the firewall the kernel holds with /etc/nftables.conf", quick=True,
     ),
