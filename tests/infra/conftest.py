@@ -49,6 +49,20 @@ EXPOSURE_BOUNDS = {"app": APP_BOUND, "data": DATA_BOUND}
 # operator or function they planted is chosen; the app's tables are named with their schema.
 SUPERUSER_PSQL = "runuser -u postgres -- env PGOPTIONS='-c search_path=pg_catalog,pg_temp' psql -X"
 
+# Run on a host as `python3 -c CONNECT_PROBE ADDRESS:PORT...`: connects to every target at once and
+# prints one errno per target (0: connected). A firewall that drops shows as a timeout.
+CONNECT_PROBE = """
+import socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def errno(target):
+    address, port = target.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(3)
+        return str(sock.connect_ex((address, int(port))))
+with ThreadPoolExecutor(16) as pool:
+    print(" ".join(pool.map(errno, sys.argv[1:])))
+"""
+
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

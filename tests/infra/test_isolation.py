@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from conftest import (
+    CONNECT_PROBE,
     address_of,
     render,
     tcp_reachable_from_controller,
@@ -63,24 +64,9 @@ def private_listeners(host) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-# Connects to each ADDRESS:PORT given (the firewall drops, so a refusal is a timeout); prints
-# one errno per target, 0 for connected.
-CONNECT = """
-import socket, sys
-from concurrent.futures import ThreadPoolExecutor
-def errno(target):
-    address, port = target.rsplit(":", 1)
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        return str(sock.connect_ex((address, int(port))))
-with ThreadPoolExecutor(16) as pool:
-    print(" ".join(pool.map(errno, sys.argv[1:])))
-"""
-
-
 def reachable_from(peer, targets: list[str]) -> list[bool]:
     """Which of the targets a process on `peer` connects to, all tried at once."""
-    out = peer.check_output("python3 -c %s" + " %s" * len(targets), CONNECT, *targets)
+    out = peer.check_output("python3 -c %s" + " %s" * len(targets), CONNECT_PROBE, *targets)
     return [errno == "0" for errno in out.split()]
 
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from conftest import address_of, assert_sandboxed, main_pid, process_limits, var_of, wait_for
+from conftest import (
+    CONNECT_PROBE,
+    address_of,
+    assert_sandboxed,
+    main_pid,
+    process_limits,
+    var_of,
+    wait_for,
+)
 
 testinfra_hosts = ["ansible://worker"]
 ROLE = "celery"
@@ -50,18 +58,6 @@ def test_workers_and_beat_are_sandboxed(host, workers):
         assert_sandboxed(host, "catalogue-beat", "app")
 
 
-# Connects to each ADDRESS:PORT given, all at once; prints one errno per target (0: connected).
-CONNECT = """
-import socket, sys
-from concurrent.futures import ThreadPoolExecutor
-def errno(target):
-    address, port = target.rsplit(":", 1)
-    with socket.socket() as sock:
-        sock.settimeout(3)
-        return str(sock.connect_ex((address, int(port))))
-with ThreadPoolExecutor(16) as pool:
-    print(" ".join(pool.map(errno, sys.argv[1:])))
-"""
 DATA_TIERS = ("db", "cache", "docs", "search")
 
 
@@ -91,7 +87,7 @@ def test_a_worker_denied_the_data_tier_cannot_reach_it(host, workers, inventory_
     assert targets, f"no data host has a denied address {sorted(declared)}"
     targets = sorted(set(targets))
     user = host.check_output(f"systemctl show {unit(denied[0])} -p User --value")
-    probe = f"python3 -c {shlex.quote(CONNECT)} {' '.join(targets)}"
+    probe = f"python3 -c {shlex.quote(CONNECT_PROBE)} {' '.join(targets)}"
     run = f"systemd-run --quiet --wait --pipe -p User={shlex.quote(user)}"
     allowed = dict(zip(targets, host.check_output(f"{run} {probe}").split(), strict=True))
     assert set(allowed.values()) == {"0"}, f"the app account cannot reach the data tier: {allowed}"
