@@ -1,4 +1,4 @@
-# Thin wrappers: the logic lives in playbooks, roles and tests/hosts/stackhosts.py.
+# Thin wrappers: the logic lives in playbooks, roles and the stackkit package (stackkit/).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -8,7 +8,7 @@ ACTIVATE  := source $(VENV)/bin/activate &&
 TOPOLOGY  ?= single
 INVENTORY ?= inventories/local
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-HOSTS     := $(PY) tests/hosts/stackhosts.py
+HOSTS     := $(PY) -m stackkit.stackhosts
 # Whole seconds of a monotonic clock, for the durations make prints: the wall clock (date's
 # epoch seconds, and bash's SECONDS, which follows it) can step back or ahead mid-run.
 MONOTONIC := python3 -c 'import time; print(int(time.monotonic()))'
@@ -63,7 +63,7 @@ demo: hosts-up artifacts ## bring the whole stack up on local hosts and say wher
 
 .PHONY: secrets
 secrets: $(VENV)/.installed ## new encrypted vault.yml for INVENTORY=inventories/NAME (never overwrites)
-	$(PY) tests/secrets/make_vault.py $(INVENTORY)
+	$(PY) -m stackkit.make_vault $(INVENTORY)
 
 # The read-only checks only: safe on production. VERIFY_ARGS passes more to pytest, e.g.
 # VERIFY_ARGS="-m destructive" on an inventory that sets stackkit_disposable (else refused).
@@ -81,19 +81,19 @@ audit: bootstrap ## Lynis hardening index and unit exposure of every host of INV
 # strategy (linear, free, mitogen_linear). About 5 minutes per strategy on 2 cores.
 .PHONY: bench
 bench: images artifacts $(VENV)/.bench-installed ## floor vs cold vs no-op site.yml per strategy, on fresh hosts
-	$(ACTIVATE) python tests/bench/converge.py $(BENCH_ARGS)
+	$(ACTIVATE) python -m stackkit.bench.converge $(BENCH_ARGS)
 
 # Against the `make demo` catalogue: one Locust phase per endpoint. It adds products.
 BENCH_USERS    ?= 32
 BENCH_DURATION ?= 20
 .PHONY: bench-app
 bench-app: $(VENV)/.bench-installed ## req/s and p50/p95/p99 per endpoint, POST to stored/searchable, through nginx
-	$(ACTIVATE) python tests/bench/app.py --url $(URL) --users $(BENCH_USERS) \
+	$(ACTIVATE) python -m stackkit.bench.app --url $(URL) --users $(BENCH_USERS) \
 	  --duration $(BENCH_DURATION) $(BENCH_ARGS)
 
 .PHONY: bench-report
 bench-report: $(VENV)/.bench-installed ## plots and a Markdown report of the benches' figures in build/bench/
-	$(ACTIVATE) python tests/bench/report.py
+	$(ACTIVATE) python -m stackkit.bench.report
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[load,speed,bench]'
@@ -102,27 +102,27 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 # Destructive: deploys changed releases (deploy.yml, then fab deploy) under Locust's load.
 .PHONY: bench-deploy
 bench-deploy: $(VENV)/.load-installed ## requests, non-2xx and p99 through nginx during each deploy
-	$(ACTIVATE) python tests/bench/deploy.py --url $(URL) --inventory $(INVENTORY) --users $(USERS)
+	$(ACTIVATE) python -m stackkit.bench.deploy --url $(URL) --inventory $(INVENTORY) --users $(USERS)
 
 # Destructive: it breaks configuration, grants and the firewall on purpose, on hosts that set
-# stackkit_disposable only (tests/drift/drift.py; DRIFT_ARGS="--kinds sshd-option,..." for some).
+# stackkit_disposable only (stackkit/drift.py; DRIFT_ARGS="--kinds sshd-option,..." for some).
 DRIFT_ARGS ?=
 .PHONY: drift
 drift: bootstrap ## every kind of drift at once: --check must report each, site.yml repair it, the next run change nothing
-	$(ACTIVATE) python tests/drift/drift.py --inventory $(INVENTORY) --json build/drift.json $(DRIFT_ARGS)
+	$(ACTIVATE) python -m stackkit.drift --inventory $(INVENTORY) --json build/drift.json $(DRIFT_ARGS)
 
 # Destructive: they kill services and write products. The local hosts only, unless told.
 CHAOS_ARGS ?=
 .PHONY: chaos
 chaos: bootstrap ## products through nginx while services fail; every accepted one must land
-	$(ACTIVATE) python tests/chaos/chaos.py --inventory $(INVENTORY) $(CHAOS_ARGS)
+	$(ACTIVATE) python -m stackkit.chaos --inventory $(INVENTORY) $(CHAOS_ARGS)
 
 URL      ?= https://127.0.0.1:8443
 DURATION ?= 5m
 USERS    ?= 20
 .PHONY: load
 load: $(VENV)/.load-installed ## a mixed load (Locust) for DURATION; fails on any non-2xx
-	$(ACTIVATE) STACKKIT_API_TOKEN="$$($(PY) tests/hosts/site_client.py token --inventory $(INVENTORY))" \
+	$(ACTIVATE) STACKKIT_API_TOKEN="$$($(PY) -m stackkit.site_client token --inventory $(INVENTORY))" \
 	  locust -f tests/load/locustfile.py --headless --host $(URL) \
 	  --users $(USERS) --spawn-rate $(USERS) --run-time $(DURATION) --only-summary
 
@@ -136,8 +136,8 @@ lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argume
 	$(ACTIVATE) ansible-lint --profile production
 	$(ACTIVATE) ruff check .
 	$(ACTIVATE) ruff format --check .
-	$(PY) tests/lint/argument_specs.py roles
-	$(PY) tests/lint/unit_security.py
+	$(PY) -m stackkit.lint.argument_specs roles
+	$(PY) -m stackkit.lint.unit_security
 
 .PHONY: unit
 unit: bootstrap app/.venv/.installed $(VENV)/.bench-installed ## unit tests of the kit's Python code and of the app

@@ -2,7 +2,7 @@
 
 Each suite targets one inventory group through ``testinfra_hosts`` and runs unchanged
 against a molecule scenario's hosts or any inventory (``make verify INVENTORY=...``).
-Expected values are the variables a play would use on that host (tests/infra/playvars.py), never
+Expected values are the variables a play would use on that host (stackkit/inventory.py), never
 constants repeated here and never a default the play would not have rendered.
 
 Two kinds of checks share this harness. Read-only ones look at state and write nothing to any
@@ -22,7 +22,6 @@ import re
 import select
 import shlex
 import socket
-import sys
 import threading
 import time
 import warnings
@@ -33,15 +32,15 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from clock import clock_skew, clock_warning
 from fabric import Connection
-from playvars import DISPOSABLE, PlayVars
+
+from stackkit.clock import clock_skew, clock_warning
+from stackkit.inventory import DISPOSABLE, PlayVars
+from stackkit.lint.unit_security import APP_BOUND, DATA_BOUND
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "lint"))
-# The exposure bounds `make lint` scores the rendered units against (tests/lint/unit_security.py).
-from unit_security import APP_BOUND, DATA_BOUND  # noqa: E402
 
+# The exposure bounds `make lint` scores the rendered units against (stackkit.lint.unit_security).
 EXPOSURE_BOUNDS = {"app": APP_BOUND, "data": DATA_BOUND}
 
 # psql as the superuser, as every superuser session must run in a database where other roles
@@ -119,7 +118,7 @@ def inventory_of(config: pytest.Config) -> str:
     return inventory
 
 
-def playvars(host) -> PlayVars:
+def resolver(host) -> PlayVars:
     """The variable resolver of the host's inventory, one per run; it gathers each host's
     facts (the setup module, read-only) the first time a role's variables need them."""
     inventory = host.backend.ansible_inventory
@@ -137,14 +136,14 @@ def playvars(host) -> PlayVars:
 
 def render(host, expression: str):
     """A Jinja expression with the host's inventory variables and facts (no role's defaults)."""
-    return playvars(host).render(host.backend.host, expression)
+    return resolver(host).render(host.backend.host, expression)
 
 
 def var_of(host, name: str, role: str):
     """The value of a role variable for `host` as a play applying `role` there renders it;
     an error if neither the role nor the inventory defines it. Ask the host the role runs on:
     another tier's group_vars are not visible from this one."""
-    return playvars(host).value(host.backend.host, name, role)
+    return resolver(host).value(host.backend.host, name, role)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import json
 import random
 import re
 import shlex
-import sys
 import threading
 import time
 import uuid
@@ -25,10 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from conftest import ROOT, SUPERUSER_PSQL, address_of, internal_get, render, var_of, wait_for
+from conftest import SUPERUSER_PSQL, address_of, internal_get, render, var_of, wait_for
 
-sys.path.insert(0, str(ROOT / "tests" / "hosts"))
-import site_client
+from stackkit import site_client
 
 testinfra_hosts = ["ansible://web"]
 ROLE = "app"

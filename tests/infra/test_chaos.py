@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
 
 pytestmark = pytest.mark.destructive
 
@@ -20,7 +19,8 @@ def test_no_accepted_product_is_lost_through_a_short_fault_round(pytestconfig):
     inventory = pytestconfig.option.ansible_inventory
     command = [
         sys.executable,
-        str(ROOT / "tests" / "chaos" / "chaos.py"),
+        "-m",
+        "stackkit.chaos",
         "--short",
         "--disposable",
         "--inventory",

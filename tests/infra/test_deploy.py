@@ -104,13 +104,13 @@ def test_a_broken_release_is_refused_and_the_live_one_keeps_serving(
 
 @pytest.mark.parametrize("driver", ["ansible", "fab"])
 def test_a_release_switch_under_load_fails_no_request(host, driver, pytestconfig):
-    """tests/bench/deploy.py, short: Locust through nginx while a changed release goes live."""
+    """stackkit/bench/deploy.py, short: Locust through nginx while a changed release goes live."""
     # Looked up, not imported: importing Locust would patch this process with gevent.
     if importlib.util.find_spec("locust") is None:
         pytest.skip("the load extra: pip install -e '.[load]'")
     inventory = str(Path(pytestconfig.option.ansible_inventory).resolve())
     url = f"https://{address_of(host)}"
-    command = [sys.executable, "tests/bench/deploy.py", "--url", url, "--driver", driver]
+    command = [sys.executable, "-m", "stackkit.bench.deploy", "--url", url, "--driver", driver]
     command += ["--users", "5", "--inventory", inventory]
     result = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False

@@ -1,4 +1,4 @@
-"""The drift suite's short round (tests/drift/drift.py, `make drift` runs every kind): changes
+"""The drift suite's short round (stackkit/drift.py, `make drift` runs every kind): changes
 made on the hosts behind Ansible's back, to the sshd options, the firewall, a package, the
 kernel settings, redis.conf and a unit's open-files limit, are all reported by one
 `site.yml --check --diff`, repaired by the next default run, and the run after that changes
@@ -6,13 +6,10 @@ nothing. The runs are limited to the roles those kinds belong to (drift.QUICK_TA
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-from conftest import ROOT, render
+from conftest import render
 
-sys.path.insert(0, str(ROOT / "tests" / "drift"))
-import drift
+from stackkit import drift
 
 pytestmark = pytest.mark.destructive
 testinfra_hosts = ["ansible://all"]

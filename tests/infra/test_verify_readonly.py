@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 import threading
 import time
 
@@ -21,8 +20,7 @@ import pytest
 import requests
 from conftest import ROOT, SUPERUSER_PSQL, address_of, var_of, wait_for
 
-sys.path.insert(0, str(ROOT / "tests" / "hosts"))
-import site_client
+from stackkit import site_client
 
 pytestmark = pytest.mark.destructive
 

@@ -9,7 +9,6 @@ import json
 import re
 import socket
 import ssl
-import sys
 import threading
 import time
 import urllib.error
@@ -20,7 +19,6 @@ from typing import BinaryIO
 import pytest
 import requests
 from conftest import (
-    ROOT,
     address_of,
     assert_sandboxed,
     main_pid,
@@ -30,8 +28,7 @@ from conftest import (
     wait_for,
 )
 
-sys.path.insert(0, str(ROOT / "tests" / "hosts"))
-import site_client
+from stackkit import site_client
 
 testinfra_hosts = ["ansible://web"]
 ROLE = "gunicorn"

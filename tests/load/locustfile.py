@@ -25,7 +25,7 @@ WORDS = [
     "".join(random.choice(CONSONANTS) + random.choice(VOWELS) for _ in range(4)) for _ in range(200)
 ]
 IMAGE_URL = "http://images.invalid/load.png"
-# A file to which every accepted product's id is appended (tests/bench/deploy.py then checks
+# A file to which every accepted product's id is appended (stackkit/bench/deploy.py then checks
 # that each one was stored); none when unset.
 ACCEPTED = os.environ.get("STACKKIT_ACCEPTED_LOG", "")
 

@@ -4,14 +4,13 @@ report make bench-report writes from the JSON the benches leave."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from stackkit.bench import converge
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "bench"))
-import converge  # noqa: E402
 
 OUTPUT = """\
 TASKS RECAP ********************************************************************
@@ -55,7 +54,7 @@ def run(cold: float, noop: float) -> dict:
 
 def test_the_report_has_its_tables_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
-    import report  # noqa: PLC0415 - needs the bench extra
+    from stackkit.bench import report  # noqa: PLC0415 - needs the bench extra
 
     strategy = {"cold": run(200, None), "noop": run(200, 20)}
     converge_json = {

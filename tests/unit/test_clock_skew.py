@@ -1,17 +1,14 @@
 """The read-only checks compare each host's clock with the controller's before its first check
-(tests/infra/clock.py) and warn, naming the host, beyond pki_clock_skew_warn_seconds."""
+(stackkit/clock.py) and warn, naming the host, beyond pki_clock_skew_warn_seconds."""
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
-from clock import clock_skew, clock_warning
+from stackkit.clock import clock_skew, clock_warning
 
 
 class HostClock:

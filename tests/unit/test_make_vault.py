@@ -1,4 +1,4 @@
-"""`make secrets` (tests/secrets/make_vault.py): a fresh encrypted vault for a new inventory,
+"""`make secrets` (stackkit/make_vault.py): a fresh encrypted vault for a new inventory,
 with every variable the example lists, values the roles' preflights accept, and no overwrite."""
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from ansible.parsing.vault import VaultLib, VaultSecret
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "secrets"))
-import make_vault  # noqa: E402
+from stackkit import make_vault
 
-SCRIPT = ROOT / "tests/secrets/make_vault.py"
+ROOT = Path(__file__).resolve().parents[2]
+
 PASSWORD = "unit-test-vault-password"
 
 
@@ -28,7 +27,7 @@ def run(inventory: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     password_file = tmp_path / "vault-password"
     password_file.write_text(PASSWORD + "\n")
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(inventory)],
+        [sys.executable, "-m", "stackkit.make_vault", str(inventory)],
         capture_output=True,
         text=True,
         env={**os.environ, "ANSIBLE_VAULT_PASSWORD_FILE": str(password_file)},
@@ -138,7 +137,7 @@ def test_make_secrets_runs_the_script_on_the_inventory_named():
         text=True,
         check=True,
     )
-    assert "tests/secrets/make_vault.py inventories/prod" in dry.stdout
+    assert "-m stackkit.make_vault inventories/prod" in dry.stdout
 
 
 def test_the_internal_ca_starts_a_day_before_it_is_issued():

@@ -20,7 +20,7 @@ SHELL_WALL_CLOCK = re.compile(r"date \+%s|\$\$?SECONDS\b")
 PYTHON_WALL_CLOCK = re.compile(r"\btime\.time\(\)")
 TIMESTAMPS = {
     "molecule/rabbitmq-cluster/publisher.py": "bounds of the journal the check reads",
-    "tests/infra/clock.py": "a host's clock compared with the controller's",
+    "stackkit/clock.py": "a host's clock compared with the controller's",
     "tests/unit/test_clock_skew.py": "a fake host's clock, for that comparison",
 }
 # A test host's epoch seconds mark where to start reading its journal (a timestamp).
@@ -42,7 +42,14 @@ def relative(path: Path) -> str:
 
 @pytest.mark.parametrize(
     "path",
-    project_files("Makefile", ".ci/*", "tests/**/*.sh", "tests/**/*.py", "molecule/**/*.yml"),
+    project_files(
+        "Makefile",
+        ".ci/*",
+        "tests/**/*.sh",
+        "tests/**/*.py",
+        "stackkit/**/*.py",
+        "molecule/**/*.yml",
+    ),
     ids=relative,
 )
 def test_no_shell_duration_reads_the_wall_clock(path):
@@ -55,7 +62,9 @@ def test_no_shell_duration_reads_the_wall_clock(path):
 
 @pytest.mark.parametrize(
     "path",
-    project_files("tests/**/*.py", "molecule/**/*.py", "fabfile.py", "roles/*/files/*.py"),
+    project_files(
+        "tests/**/*.py", "stackkit/**/*.py", "molecule/**/*.py", "fabfile.py", "roles/*/files/*.py"
+    ),
     ids=relative,
 )
 def test_no_python_duration_reads_the_wall_clock(path):

@@ -18,8 +18,7 @@ import yaml
 from cryptography import x509
 from preflight import output, run_play
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "secrets"))
-import make_vault
+from stackkit import make_vault
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((ROOT / "roles/pki/defaults/main.yml").read_text())

@@ -4,17 +4,15 @@ dependencies. Cheap enough to run first."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from stackkit.lint import argument_specs, unit_security
+
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = sorted(p for p in (ROOT / "roles").iterdir() if p.is_dir())
-sys.path.insert(0, str(ROOT / "tests" / "lint"))
-import argument_specs  # noqa: E402
-import unit_security  # noqa: E402
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)

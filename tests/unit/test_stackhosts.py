@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import yaml
 from cryptography import x509
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hosts"))
-import stackhosts
+from stackkit import stackhosts
+from stackkit.make_vault import BACKDATE
 
 DEB822 = """\
 Types: deb
@@ -107,9 +105,6 @@ def test_host_specs_from_molecule_platforms():
 def test_the_test_ca_starts_the_margin_before_it_is_made_and_is_made_once(tmp_path):
     """The harness's own issuer, in a directory of its own (the real .cache/tls may serve
     another checkout's hosts): valid from make_vault.BACKDATE before the moment it was made."""
-    sys.path.insert(0, str(stackhosts.ROOT / "tests" / "secrets"))
-    from make_vault import BACKDATE  # noqa: PLC0415 - beside the harness, as it imports it
-
     directory = tmp_path / "tls"
     before = datetime.now(UTC).replace(microsecond=0)
     path = stackhosts.ensure_test_ca(directory)

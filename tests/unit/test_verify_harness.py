@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stackkit.inventory import PlayVars, UnresolvedVariable
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "infra"))
-from playvars import PlayVars, UnresolvedVariable  # noqa: E402
 
 GROUPS = ("web", "app", "worker", "db", "cache", "broker", "search", "docs")
 

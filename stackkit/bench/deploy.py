@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Constant load through nginx while a new release is deployed: does any request fail?
 
-    python tests/bench/deploy.py [--url https://127.0.0.1:8443] [--driver ansible,fab]
+    python -m stackkit.bench.deploy [--url https://127.0.0.1:8443] [--driver ansible,fab]
                                  [--users 10] [--inventory inventories/local]
 
 For each driver, a copy of app/ with a changed stylesheet is deployed (a real release switch:
@@ -31,10 +30,9 @@ import uuid
 from pathlib import Path
 from urllib.parse import urljoin
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "hosts"))
-import site_client  # noqa: E402 - the suites' shared client: the demo's address
+from stackkit import site_client  # the suites' shared client: the demo's address
 
+ROOT = Path(__file__).resolve().parents[2]
 STYLESHEET = Path("catalogue/static/catalogue/catalogue.css")  # under app/
 WARMUP = 5  # seconds of load before the deploy starts, so that every user is running
 

@@ -1,12 +1,11 @@
-#!/usr/bin/env python3
 """Time site.yml against the install floor, on fresh hosts of one image, in one run.
 
-    python tests/bench/converge.py [--strategies linear,free,mitogen_linear]
+    python -m stackkit.bench.converge [--strategies linear,free,mitogen_linear]
                                    [--json build/bench/converge.json]
 
 For every strategy available (linear and free always; mitogen_linear when the optional
 `mitogen` package is installed), a fresh single host (every tier on it) gets a cold
-`site.yml`, then a no-op `site.yml`, then every kind of the drift suite (tests/drift/drift.py)
+`site.yml`, then a no-op `site.yml`, then every kind of the drift suite (stackkit/drift.py)
 made at once and the default `site.yml` that repairs it (drift-repair). Once, on another fresh
 host of the same image, the floor script does by hand what the roles install: the same apt
 sources, one apt transaction of the same distribution packages (those the converge marked
@@ -31,13 +30,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from stackkit import (
+    drift,  # the drift suite's kinds
+    stackhosts,  # the harness that starts the local hosts
+)
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "hosts"))
-import stackhosts  # noqa: E402 - the harness that starts the local hosts
-
-sys.path.insert(0, str(ROOT / "tests" / "drift"))
-import drift  # noqa: E402 - the drift suite's kinds
-
 PREFIX = "stackkit-bench"
 HOST = "bench1"
 GROUPS = ("web", "app", "worker", "db", "cache", "broker", "search", "docs")

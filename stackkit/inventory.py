@@ -25,7 +25,7 @@ from ansible.template import Templar, trust_as_template
 from ansible.vars.hostvars import HostVars
 from ansible.vars.manager import VariableManager
 
-ROLES = Path(__file__).resolve().parents[2] / "roles"
+ROLES = Path(__file__).resolve().parents[1] / "roles"
 # The variable an inventory sets on its hosts to let the destructive checks run there.
 DISPOSABLE = "stackkit_disposable"
 

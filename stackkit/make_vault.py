@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write a fresh, encrypted group_vars/all/vault.yml for a new inventory.
 
     make secrets INVENTORY=inventories/NAME
@@ -28,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "inventories/production.example/group_vars/all/vault.yml.example"
 # Letters and digits only: the values go into URLs, the app's single-quoted environment file,
 # Redis ACL lines and the Erlang cookie file without any quoting to get wrong.

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Score every systemd unit the roles write with `systemd-analyze security`, offline.
 
 Each unit template is rendered with its role's defaults for a representative Debian 13 host
@@ -8,7 +7,8 @@ sandbox, 10 none at all); the run fails when a unit exceeds its bound, or when a
 with a [Service] section is missing from UNITS below. The testinfra suites assert the same
 bounds on live hosts (conftest.assert_sandboxed).
 
-Usage: unit_security.py [ROOT]   (needs systemd-analyze 250 or later for --offline)
+Usage: python -m stackkit.lint.unit_security [ROOT]
+(needs systemd-analyze 250 or later for --offline)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ APP_BOUND = 4.0
 DATA_BOUND = 6.0
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS_DIR = Path(__file__).resolve().parent / "units"
+UNITS_DIR = ROOT / "tests" / "lint" / "units"
 TEMPLATES = "templates/etc/systemd/system"
 
 # The facts and inventory names the defaults need, for a production Debian 13 host.

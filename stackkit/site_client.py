@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """How the suites reach the catalogue as a client: over HTTPS verified against the local hosts'
 test CA, writing with the API token of the inventory's vault.
 
-    site_client.py token [--inventory inventories/local]   print the API token (for `make load`)
+    python -m stackkit.site_client token [--inventory inventories/local]   the API token (make load)
 
 The token is STACKKIT_API_TOKEN when set, else vault_app_api_token from the inventory's
 group_vars/all/vault.yml, opened with ANSIBLE_VAULT_PASSWORD_FILE (the local hosts' committed
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TEST_CA = ROOT / ".cache" / "tls" / "ca.pem"
 LOCAL_INVENTORY = ROOT / "inventories" / "local"
 LOCAL_VAULT_PASSWORD = ROOT / "tests" / "hosts" / "local-vault-password"

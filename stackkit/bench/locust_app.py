@@ -1,4 +1,4 @@
-"""The users `make bench-app` (tests/bench/app.py) sends through nginx, one kind per phase: each
+"""The users `make bench-app` (stackkit/bench/app.py) sends through nginx, one kind per phase: each
 class is one endpoint, named as the report prints it. They wait for nothing between requests:
 a phase measures what the stack serves flat out at the given number of users, or its latency at
 a set rate (BENCH_RATE_PER_USER).

@@ -1,18 +1,18 @@
-#!/usr/bin/env python3
 """Local test hosts: Debian containers with systemd as PID 1, reached over real SSH.
 
 No container registry is needed: base images are built from the Debian mirror that this
 machine's own apt sources use (debootstrap + ``docker import``) and cached under a tag that
 carries a hash of their recipe.
 
-    stackhosts.py engine                      start the Docker engine if it is not running
-    stackhosts.py image [--suite trixie]      build the base image unless it is cached
-    stackhosts.py up [--topology single]      start a topology (or reuse its running hosts, data
-                                              and all), write inventories/local/hosts.yml
-    stackhosts.py down [--topology single]    remove its containers and network: the one way
-                                              to start over
-    stackhosts.py create --prefix P H:G ...   start hosts for a molecule scenario, print JSON
-    stackhosts.py destroy --prefix P          remove a molecule scenario's hosts
+    python -m stackkit.stackhosts COMMAND (console script: stackhosts COMMAND)
+
+    engine                      start the Docker engine if it is not running
+    image [--suite trixie]      build the base image unless it is cached
+    up [--topology single]      start a topology (or reuse its running hosts, data and all),
+                                write inventories/local/hosts.yml
+    down [--topology single]    remove its containers and network: the one way to start over
+    create --prefix P H:G ...   start hosts for a molecule scenario, print JSON
+    destroy --prefix P          remove a molecule scenario's hosts
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache"
 SSH_KEY = CACHE / "ssh" / "id_ed25519"
 # The local hosts' test CA: the nginx role has each web host's certificate signed by it, and the
@@ -275,8 +275,7 @@ def ensure_test_ca(directory: Path = TEST_CA.parent) -> Path:
     certificate_path, key_path = directory / TEST_CA.name, directory / TEST_CA_KEY.name
     if certificate_path.exists() and key_path.exists():
         return certificate_path
-    sys.path.insert(0, str(ROOT / "tests" / "secrets"))
-    from make_vault import internal_ca  # noqa: PLC0415 - only this command needs it
+    from stackkit.make_vault import internal_ca  # noqa: PLC0415 - only this command needs it
 
     certificate, key = internal_ca("stackkit local test CA")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -406,7 +405,7 @@ def render_inventory(topology: str, addresses: dict[str, str]) -> str:
         for group in host.groups:
             groups.setdefault(group, []).append(host.name)
     lines = [
-        f"# Written by tests/hosts/stackhosts.py for the `{topology}` topology; do not edit.",
+        f"# Written by stackkit/stackhosts.py for the `{topology}` topology; do not edit.",
         "---",
         "all:",
         "  vars:",

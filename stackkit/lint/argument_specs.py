@@ -1,8 +1,9 @@
-#!/usr/bin/env python3
 """Fail when a role's defaults and its meta/argument_specs.yml disagree.
 
 Every public variable in defaults/main.yml must be documented (and so validated) in the
 argument spec of the `main` entry point, and every option there must have a default.
+
+Usage: python -m stackkit.lint.argument_specs [ROLES_DIR]   (default: roles)
 """
 
 from __future__ import annotations

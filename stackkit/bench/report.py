@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Turn the benches' JSON into a Markdown report with plots (matplotlib), under build/bench/.
 
-    python tests/bench/report.py [--dir build/bench]
+    python -m stackkit.bench.report [--dir build/bench]
 
 Reads what `make bench` (converge.json), `make bench-app` (app.json, and app-*.json from runs
 given a --label, e.g. before and after a change) and `make bench-deploy` (deploy-*.json) wrote in

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Drift suite: what is changed on a host behind Ansible's back, the default run puts back.
 
 Each kind of drift is a shell command run as root on the first host of a group, a probe that
@@ -13,9 +12,9 @@ chosen at once, then:
 Destructive: it breaks the hosts' configuration on purpose. It refuses any inventory whose
 hosts do not all set stackkit_disposable: true, as tests/infra does.
 
-    drift.py --inventory inventories/local            every kind (make drift)
-    drift.py --inventory INV --kinds sshd-option,...  some kinds
-    drift.py --list                                   the kinds, one a line
+    python -m stackkit.drift --inventory inventories/local            every kind (make drift)
+    python -m stackkit.drift --inventory INV --kinds sshd-option,...  some kinds
+    python -m stackkit.drift --list                                   the kinds, one a line
 """
 
 from __future__ import annotations
@@ -30,11 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "tests" / "infra"))
-from playvars import DISPOSABLE, PlayVars  # noqa: E402
+from stackkit.inventory import DISPOSABLE, PlayVars
 
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 # Superuser psql as every superuser session of the kit runs it (tests/infra/conftest.py says why).
 PSQL = (
     "runuser -u postgres -- env PGOPTIONS='-c search_path=pg_catalog,pg_temp' "

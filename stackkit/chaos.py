@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The catalogue's promise under faults: a steady stream of products goes through nginx while,
 one after another, services are killed or restarted on the hosts of an inventory. Afterwards
 every product answered 202 must be stored in PostgreSQL once, indexed in Elasticsearch and
@@ -7,7 +6,7 @@ have its MongoDB history, and no product refused (4xx, 503, no answer) may have 
 Destructive: it kills and restarts services. Run it on disposable hosts only (`make chaos`).
 Prints the figures and exits 1 on any loss or duplicate.
 
-    python tests/chaos/chaos.py --inventory inventories/local --url https://127.0.0.1:8443
+    python -m stackkit.chaos --inventory inventories/local --url https://127.0.0.1:8443
 """
 
 from __future__ import annotations
@@ -28,10 +27,9 @@ from pathlib import Path
 import requests
 import testinfra
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "hosts"))
-import site_client  # noqa: E402 - the suites' shared client: test CA and API token
+from stackkit import site_client  # the suites' shared client: test CA and API token
 
+ROOT = Path(__file__).resolve().parents[1]
 LOCAL_VAULT_PASSWORD = ROOT / "tests" / "hosts" / "local-vault-password"
 
 # name: (inventory pattern, command run as root on each host it matches). Restarts go through

@@ -1,13 +1,12 @@
-#!/usr/bin/env python3
 """Measure the catalogue as its users meet it, through nginx: requests a second and latency
 percentiles per endpoint, and how long a new product takes to be stored and to be searchable.
 
-    python tests/bench/app.py [--url https://127.0.0.1:8443] [--users 32] [--duration 20]
+    python -m stackkit.bench.app [--url https://127.0.0.1:8443] [--users 32] [--duration 20]
                               [--phases page,autocomplete-hot,...] [--searchable 20]
                               [--json build/bench/app.json]
 
 Runs against a deployed stack (`make demo`). Each phase is Locust in headless mode
-(tests/bench/locust_app.py) driving one endpoint flat out with USERS users for DURATION
+(stackkit/bench/locust_app.py) driving one endpoint flat out with USERS users for DURATION
 seconds: the page, autocomplete on a few prefixes asked again and again (answers from the
 cache), autocomplete on prefixes never asked before (looked up in Elasticsearch), search, and
 POST (writers held under the write rate limit). During the POST phase, products posted one at a
@@ -33,10 +32,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "hosts"))
-import site_client  # noqa: E402 - the suites' shared client: the demo's address and token
+from stackkit import site_client  # the suites' shared client: the demo's address and token
 
+ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).with_name("locust_app.py")
 # Phase -> the Locust user class that drives it.
 PHASES = {

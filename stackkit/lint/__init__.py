@@ -1,0 +1,1 @@
+"""Static checks `make lint` runs besides yamllint, ansible-lint and ruff."""
