@@ -1,11 +1,14 @@
-"""Variables of an inventory host as a play that applies one role sees them.
+"""An inventory's hosts and their variables as a play sees them: the one resolver the tests,
+the drift and chaos drivers and the fabfile share.
 
-Ansible's own loader, inventory and variable manager do the work: the role's defaults and vars,
-the inventory's group_vars and host_vars, vault-encrypted values (the password comes from
+Ansible's documented Python API does the work (DataLoader, InventoryManager, VariableManager, a
+Play loaded as ansible-playbook loads one): the role's defaults and vars, the inventory's
+group_vars and host_vars, vault-encrypted values (the password comes from
 ANSIBLE_VAULT_PASSWORD_FILE, as for ansible-playbook) and the host's facts, each at the
 precedence Ansible gives it, rendered by Ansible's templating. A variable that none of them
 defines, or that renders through an undefined one, is an error: a check never compares a host
-against a value the play did not use.
+against a value the play did not use. With `vault=False` encrypted files count as empty, so
+reading where to connect needs no secret.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from pathlib import Path
 from ansible.errors import AnsibleError
 from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
-from ansible.parsing.vault import get_file_vault_secret
+from ansible.parsing.vault import get_file_vault_secret, is_encrypted_file
 from ansible.playbook.play import Play
 from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar, trust_as_template
 from ansible.vars.hostvars import HostVars
 from ansible.vars.manager import VariableManager
 
-ROLES = Path(__file__).resolve().parents[1] / "roles"
+ROOT = Path(__file__).resolve().parents[1]
+ROLES = ROOT / "roles"
+# The local hosts' secrets are throwaway; their vault password is committed beside them.
+LOCAL_VAULT_PASSWORD = ROOT / "tests" / "hosts" / "local-vault-password"
 # The variable an inventory sets on its hosts to let the destructive checks run there.
 DISPOSABLE = "stackkit_disposable"
 
@@ -40,19 +46,30 @@ class UnresolvedVariable(AssertionError):
     """A variable the play would not have a value for."""
 
 
+class _SkipVault(DataLoader):
+    """Reads the inventory without the vault: encrypted files count as empty."""
+
+    def load_from_file(self, file_name, *args, **kwargs):
+        with open(file_name, "rb") as handle:
+            if is_encrypted_file(handle):
+                return {}
+        return super().load_from_file(file_name, *args, **kwargs)
+
+
 class PlayVars:
     def __init__(
         self,
         inventory: str,
         facts: Callable[[str], dict] | None = None,
         vault_password_file: str | None = None,
+        vault: bool = True,
     ) -> None:
         """`facts(hostname)` returns the host's facts as the setup module reports them; it is
         called once per host, the first time a role's variables are asked for."""
         _init_plugins()
-        self.loader = DataLoader()
+        self.loader = DataLoader() if vault else _SkipVault()
         password_file = vault_password_file or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
-        if password_file:
+        if vault and password_file:
             secret = get_file_vault_secret(filename=password_file, loader=self.loader)
             secret.load()
             self.loader.set_vault_secrets([("default", secret)])
@@ -80,7 +97,7 @@ class PlayVars:
     def _templar(self, hostname: str, role: str | None, with_facts: bool) -> Templar:
         host = self.inventory.get_host(hostname)
         if host is None:
-            raise UnresolvedVariable(f"{hostname} is not in the inventory")
+            raise UnresolvedVariable(f"{hostname} is not a host of the inventory")
         if with_facts and self._facts and hostname not in self._gathered:
             self.manager.set_host_facts(hostname, clean_facts(self._facts(hostname)))
             self._gathered.add(hostname)
@@ -117,6 +134,14 @@ class PlayVars:
             for name in self.hostnames()
             if self.render(name, f"{DISPOSABLE} | default(false) | bool", facts=False) is not True
         ]
+
+
+def vault_password_file(inventory: str) -> str | None:
+    """ANSIBLE_VAULT_PASSWORD_FILE, else the committed one for inventories/local (as `make`)."""
+    if os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE"):
+        return os.environ["ANSIBLE_VAULT_PASSWORD_FILE"]
+    local = Path(inventory).resolve() == ROOT / "inventories" / "local"
+    return str(LOCAL_VAULT_PASSWORD) if local else None
 
 
 def clean_facts(result: dict) -> dict:

@@ -1,6 +1,7 @@
 """fabfile.py, the thin driver: how it finds hosts and the app's source, and that it reads the
-inventory without the vault. The release steps are catalogue-release's (see
-test_catalogue_release.py); both drivers run them against real hosts in tests/infra."""
+inventory without the vault (stackkit.inventory, stackkit.ssh). The release steps are
+catalogue-release's (see test_catalogue_release.py); both drivers run them against real hosts in
+tests/infra."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 from invoke.exceptions import Exit
 from paramiko import RejectPolicy, RSAKey
+
+from stackkit.ssh import AcceptUnrecorded, ssh_options
 
 ROOT = Path(__file__).resolve().parents[2]
 # Loaded from its file, as `fab` loads it: the fabfile is a script, not part of the package.
@@ -47,7 +50,7 @@ def inventory(tmp_path, monkeypatch):
     )
     (tmp_path / "hosts.yml").write_text(INVENTORY)
     monkeypatch.delenv("ANSIBLE_VAULT_PASSWORD_FILE", raising=False)
-    for cached in (fabfile.inventory, fabfile.connect):
+    for cached in (fabfile.resolver, fabfile.connect):
         cached.cache_clear()
     return str(tmp_path)
 
@@ -60,7 +63,7 @@ def test_connection_comes_from_the_inventory_without_the_vault(inventory):
     conn = fabfile.connect("web2", inventory)
     assert (conn.host, conn.user, conn.port) == ("10.0.0.6", "deploy", 2222)
     assert conn.connect_kwargs == {"key_filename": ["/keys/id"]}
-    assert isinstance(conn.client._policy, fabfile.AcceptUnrecorded)
+    assert isinstance(conn.client._policy, AcceptUnrecorded)
     assert fabfile.value("web1", "app_upstream_address", inventory) == "10.0.0.5:8000"
 
 
@@ -78,18 +81,16 @@ def test_ssh_options_the_inventory_hands_ssh_decide_as_they_would_for_ssh(invent
     conn = fabfile.connect("web1", inventory)
     assert isinstance(conn.client._policy, RejectPolicy)
     assert "10.0.0.5" in conn.client.get_host_keys()
-    assert isinstance(
-        fabfile.connect("worker1", inventory).client._policy, fabfile.AcceptUnrecorded
-    )
+    assert isinstance(fabfile.connect("worker1", inventory).client._policy, AcceptUnrecorded)
 
 
 @pytest.mark.parametrize(
     ("common", "extra", "policy"),
     [
         ("-o StrictHostKeyChecking=yes -o StrictHostKeyChecking=no", "", RejectPolicy),
-        ("-oStrictHostKeyChecking=no -oStrictHostKeyChecking=yes", "", fabfile.AcceptUnrecorded),
+        ("-oStrictHostKeyChecking=no -oStrictHostKeyChecking=yes", "", AcceptUnrecorded),
         ("-o stricthostkeychecking=yes", "-o StrictHostKeyChecking=no", RejectPolicy),
-        ("-o 'StrictHostKeyChecking no'", "-o StrictHostKeyChecking=yes", fabfile.AcceptUnrecorded),
+        ("-o 'StrictHostKeyChecking no'", "-o StrictHostKeyChecking=yes", AcceptUnrecorded),
     ],
 )
 def test_the_first_value_of_a_repeated_ssh_option_wins_as_in_ssh(
@@ -104,7 +105,7 @@ def test_the_first_value_of_a_repeated_ssh_option_wins_as_in_ssh(
 
 def test_ssh_options_are_read_as_ssh_reads_them():
     args = ["-C", "-o", "UserKnownHostsFile=/a /b", "-oUserKnownHostsFile=/c", "-o", "Port 2"]
-    assert fabfile.ssh_options(args) == {"userknownhostsfile": "/a /b", "port": "2"}
+    assert ssh_options(args) == {"userknownhostsfile": "/a /b", "port": "2"}
 
 
 def test_with_checking_off_an_unverified_key_is_written_nowhere(inventory, tmp_path):
