@@ -118,7 +118,9 @@ def facts(
 
 def block(name: str, default: Any) -> list[str]:
     """A default too long for one line, as an indented YAML block."""
-    dumped = yaml.safe_dump({name: default}, default_flow_style=False, width=96, sort_keys=False)
+    dumped = yaml.safe_dump(
+        {name: default}, default_flow_style=False, width=float("inf"), sort_keys=False
+    )
     return ["", "  ```yaml", *(f"  {line}" for line in dumped.splitlines()), "  ```"]
 
 
