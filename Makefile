@@ -131,13 +131,26 @@ $(VENV)/.load-installed: $(VENV)/.installed
 	touch $@
 
 .PHONY: lint
-lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes
+lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes, role docs
 	$(ACTIVATE) yamllint --strict .
 	$(ACTIVATE) ansible-lint --profile production
 	$(ACTIVATE) ruff check .
 	$(ACTIVATE) ruff format --check .
 	$(PY) -m stackkit.lint.argument_specs roles
 	$(PY) -m stackkit.lint.unit_security
+	@$(MAKE) --no-print-directory docs-check
+
+# The role reference pages are written from each role's meta/argument_specs.yml and
+# defaults/main.yml (ansible-doc -t role); docs-check fails when a role changed without them.
+.PHONY: docs
+docs: $(VENV)/.installed ## regenerate the role reference pages docs/roles/*.md
+	$(PY) -m stackkit.lint.role_docs --roles roles --out docs/roles
+
+.PHONY: docs-check
+docs-check: $(VENV)/.installed ## fail when docs/roles/ differs from what `make docs` writes
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PY) -m stackkit.lint.role_docs --roles roles --out "$$tmp" && diff -r docs/roles "$$tmp" \
+	  || { echo "docs/roles/ is out of date with the roles' argument specs: run make docs" >&2; exit 1; }
 
 .PHONY: unit
 unit: bootstrap app/.venv/.installed $(VENV)/.bench-installed ## unit tests of the kit's Python code and of the app
