@@ -131,7 +131,7 @@ $(VENV)/.load-installed: $(VENV)/.installed
 	touch $@
 
 .PHONY: lint
-lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes, role docs
+lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes, role docs, the collection
 	$(ACTIVATE) yamllint --strict .
 	$(ACTIVATE) ansible-lint --profile production
 	$(ACTIVATE) ruff check .
@@ -139,6 +139,7 @@ lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argume
 	$(PY) -m stackkit.lint.argument_specs roles
 	$(PY) -m stackkit.lint.unit_security
 	@$(MAKE) --no-print-directory docs-check
+	@$(MAKE) --no-print-directory collection
 
 # The role reference pages are written from each role's meta/argument_specs.yml and
 # defaults/main.yml (ansible-doc -t role); docs-check fails when a role changed without them.
@@ -151,6 +152,30 @@ docs-check: $(VENV)/.installed ## fail when docs/roles/ differs from what `make 
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PY) -m stackkit.lint.role_docs --roles roles --out "$$tmp" && diff -r docs/roles "$$tmp" \
 	  || { echo "docs/roles/ is out of date with the roles' argument specs: run make docs" >&2; exit 1; }
+
+# The roles, playbooks and module as a collection (docs/collection.md): the artifact in
+# build/collection/, then the ansible-test sanity tests that run offline, on the artifact
+# installed in a temporary directory (under this checkout, git would hide it from ansible-test).
+# The others (ansible-doc, validate-modules, import, pep8, pylint, yamllint, runtime-metadata)
+# bootstrap pip from the network into virtualenvs of their own.
+# tests/sanity/ignore-*.txt: the shebangs of the scripts the roles install on the hosts.
+COLLECTION := $(shell sed -n 's/^namespace: //p' galaxy.yml)/$(shell sed -n 's/^name: //p' galaxy.yml)
+SANITY_TESTS := action-plugin-docs compile empty-init ignores line-endings no-assert \
+  no-get-exception no-illegal-filenames no-smart-quotes replace-urlopen shebang symlinks \
+  use-argspec-type-path use-compat-six
+.PHONY: collection
+collection: $(VENV)/.installed ## build the collection into build/collection and run ansible-test sanity on it
+	rm -rf build/collection
+	$(ACTIVATE) ansible-galaxy collection build --output-path build/collection .
+	$(ACTIVATE) tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	  && ANSIBLE_COLLECTIONS_PATH="$$tmp" ansible-galaxy collection install --no-deps -p "$$tmp" \
+	    build/collection/*.tar.gz >/dev/null \
+	  && mkdir -p "$$tmp/ansible_collections/$(COLLECTION)/tests/sanity" \
+	  && cp tests/sanity/ignore-*.txt "$$tmp/ansible_collections/$(COLLECTION)/tests/sanity/" \
+	  && cd "$$tmp/ansible_collections/$(COLLECTION)" \
+	  && ansible-test sanity --color no \
+	    --python "$$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+	    $(addprefix --test ,$(SANITY_TESTS))
 
 .PHONY: unit
 unit: bootstrap app/.venv/.installed $(VENV)/.bench-installed ## unit tests of the kit's Python code and of the app
