@@ -131,13 +131,14 @@ $(VENV)/.load-installed: $(VENV)/.installed
 	touch $@
 
 .PHONY: lint
-lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes, role docs, the collection
+lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes, doc links, role docs, the collection
 	$(ACTIVATE) yamllint --strict .
 	$(ACTIVATE) ansible-lint --profile production
 	$(ACTIVATE) ruff check .
 	$(ACTIVATE) ruff format --check .
 	$(PY) -m stackkit.lint.argument_specs roles
 	$(PY) -m stackkit.lint.unit_security
+	$(PY) -m stackkit.lint.doc_links
 	@$(MAKE) --no-print-directory docs-check
 	@$(MAKE) --no-print-directory collection
 
