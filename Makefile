@@ -7,7 +7,11 @@ PY        := $(VENV)/bin/python
 ACTIVATE  := source $(VENV)/bin/activate &&
 TOPOLOGY  ?= single
 INVENTORY ?= inventories/local
-SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+ALL_SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+# The stack first: it takes as long as all the others together, so with MOLECULE_JOBS=2 it runs
+# beside them rather than after them. MOLECULE_JOBS=1 runs them one after another.
+SCENARIOS ?= $(filter stack,$(ALL_SCENARIOS)) $(filter-out stack,$(ALL_SCENARIOS))
+MOLECULE_JOBS ?= 2
 HOSTS     := $(PY) -m stackkit.stackhosts
 # Whole seconds of a monotonic clock, for the durations make prints: the wall clock (date's
 # epoch seconds, and bash's SECONDS, which follows it) can step back or ahead mid-run.
@@ -180,7 +184,7 @@ collection: $(VENV)/.installed ## build the collection into build/collection and
 
 .PHONY: unit
 unit: bootstrap app/.venv/.installed $(VENV)/.bench-installed ## unit tests of the kit's Python code and of the app
-	$(ACTIVATE) pytest -q -p no:cacheprovider tests/unit
+	$(ACTIVATE) pytest -q -p no:cacheprovider -n auto --dist loadfile tests/unit
 	cd app && .venv/bin/python -m pytest -q -p no:cacheprovider
 
 # The app has its own locked requirements and virtualenv, as on the hosts it runs on.
@@ -190,12 +194,21 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 	touch $@
 
 .PHONY: molecule
-molecule: images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ...")
-	@set -e; for s in $(SCENARIOS); do \
-	  echo "== molecule test -s $$s"; start=$$($(MONOTONIC)); \
-	  $(ACTIVATE) molecule test -s $$s; \
-	  echo "== $$s passed in $$(( $$($(MONOTONIC)) - start )) s"; \
-	done
+molecule: images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ..."), MOLECULE_JOBS at a time
+	@mkdir -p build/molecule
+	@echo "== molecule: $(strip $(SCENARIOS)), $(MOLECULE_JOBS) at a time; each one's log in build/molecule/"
+	@start=$$($(MONOTONIC)); \
+	$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) --output-sync=target \
+	  $(addprefix molecule-scenario-,$(SCENARIOS)) \
+	  && echo "== molecule: every scenario passed in $$(( $$($(MONOTONIC)) - start )) s"
+
+# One scenario; its output reaches the console whole when it ends (make's --output-sync), and
+# build/molecule/NAME.log as it runs.
+molecule-scenario-%:
+	@set -o pipefail; start=$$($(MONOTONIC)); echo "== molecule test -s $*"; \
+	$(ACTIVATE) molecule test -s $* 2>&1 | tee build/molecule/$*.log \
+	  && echo "== $* passed in $$(( $$($(MONOTONIC)) - start )) s" \
+	  || { echo "== $* FAILED after $$(( $$($(MONOTONIC)) - start )) s"; exit 1; }
 
 .PHONY: artifacts
 artifacts: ## fetch the test artifacts no archive carries into .cache/artifacts (once)

@@ -21,10 +21,12 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 EXCLUDED_DIRS = {".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "staticfiles", "media"}
@@ -64,10 +66,14 @@ def deterministic_tar(members: list[tuple[str, Path]], compress: bool) -> bytes:
 
 
 def write_if_changed(path: Path, data: bytes) -> None:
+    """Atomically, through a temporary file of its own: two builds at once (two playbooks on
+    one controller) never write into the same file."""
     if not path.exists() or path.read_bytes() != data:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+        os.chmod(name, 0o644)
+        Path(name).replace(path)
 
 
 def build_code(source: Path, out: Path) -> tuple[str, Path]:
@@ -86,8 +92,8 @@ def build_wheelhouse(requirements: Path, out: Path, python: str, arch: str) -> t
     archive = out / f"wheelhouse-{key}.tar"
     if archive.exists():
         return key, archive
-    wheels = out / f"wheelhouse-{key}"
-    wheels.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    wheels = Path(tempfile.mkdtemp(dir=out, prefix=f".wheelhouse-{key}."))
     platforms = [arg for ml in MANYLINUX for arg in ("--platform", f"{ml}_{arch}")]
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
            "--only-binary=:all:", "--implementation", "cp", "--python-version", f"{major}.{minor}",
