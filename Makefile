@@ -20,24 +20,35 @@ MONOTONIC := python3 -c 'import time; print(int(time.monotonic()))'
 ifeq ($(INVENTORY),inventories/local)
 export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/tests/hosts/local-vault-password
 endif
-# Controller packages: a container engine, debootstrap for the test images, Python,
-# systemd-analyze (package systemd) to score the units the roles write, and Chromium for the
-# browser test (Playwright drives the distribution's build; it downloads no browser), and gpg
-# for the unit test of the roles' signing-key checks (tests/unit/test_apt_keys.py).
-APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make systemd chromium gpg
+# Controller packages: a container engine, debootstrap for the local hosts' images, Python.
+APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make
+# And for `make test` only: systemd-analyze (package systemd) to score the units the roles write,
+# Chromium for the browser test (Playwright drives the distribution's build; it downloads no
+# browser), and gpg for the unit test of the roles' signing-key checks (test_apt_keys.py).
+TEST_APT_PACKAGES := systemd chromium gpg
 
 .PHONY: help
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: bootstrap
-bootstrap: $(VENV)/.installed ## install controller packages and the Python tooling
+bootstrap: controller-packages $(VENV)/.installed ## install controller packages and the kit's Python tooling (what running it needs)
+
+.PHONY: controller-packages
+controller-packages:
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
-	  && command -v systemd-analyze >/dev/null && command -v chromium >/dev/null \
-	  && command -v gpg >/dev/null || { \
+	  && test -e /usr/share/keyrings/debian-archive-keyring.gpg || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
 
-$(VENV)/.installed: pyproject.toml
+# What `make test` needs beyond that: the test extra (molecule, the linters, testinfra, the
+# browser driver) and its controller packages.
+.PHONY: test-tools
+test-tools: bootstrap $(VENV)/.test-installed
+	@command -v systemd-analyze >/dev/null && command -v chromium >/dev/null \
+	  && command -v gpg >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_APT_PACKAGES); }
+
+$(VENV)/.installed: pyproject.toml | controller-packages
 	@command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	python3 -m venv $(VENV)
@@ -46,9 +57,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: images
-images: bootstrap ## build the Debian 13 and 12 test images (cached by recipe)
-	$(HOSTS) image --suite trixie
-	$(HOSTS) image --suite bookworm
+# The image builder needs only the standard library, so it runs while the virtualenv installs.
+IMAGE_SUITES ?= trixie bookworm
+images: controller-packages ## build the Debian 13 and 12 images of the local hosts (cached by recipe)
+	@set -e; for suite in $(IMAGE_SUITES); do python3 -m stackkit.stackhosts image --suite $$suite; done
 
 .PHONY: hosts-up
 hosts-up: bootstrap ## start local hosts: TOPOLOGY=single|multi
@@ -59,7 +71,11 @@ hosts-down: ## remove local hosts: TOPOLOGY=single|multi
 	$(HOSTS) down --topology $(TOPOLOGY)
 
 .PHONY: demo
-demo: hosts-up artifacts ## bring the whole stack up on local hosts and say where to open it
+demo: ## bring the whole stack up on local hosts and say where to open it
+	@# The virtualenv, the local hosts' image and the artifacts at once: none needs another.
+	@$(MAKE) --no-print-directory -j3 --output-sync=target IMAGE_SUITES=trixie \
+	  $(VENV)/.installed images artifacts
+	@$(MAKE) --no-print-directory hosts-up
 	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/site.yml
 	@echo "The catalogue is up on local hosts ($(TOPOLOGY)): open https://127.0.0.1:8443/"
 	@echo "(its certificate comes from the test CA .cache/tls/ca.pem; http://127.0.0.1:8080 redirects)"
@@ -73,12 +89,12 @@ secrets: $(VENV)/.installed ## new encrypted vault.yml for INVENTORY=inventories
 # VERIFY_ARGS="-m destructive" on an inventory that sets stackkit_disposable (else refused).
 VERIFY_ARGS ?= -m "not destructive"
 .PHONY: verify
-verify: bootstrap ## read-only checks of INVENTORY (writes nothing, stops nothing, starts no listener)
+verify: bootstrap $(VENV)/.verify-installed ## read-only checks of INVENTORY (writes nothing, stops nothing, starts no listener)
 	$(ACTIVATE) pytest -p no:cacheprovider --connection=ansible --sudo \
 	  --ansible-inventory=$(INVENTORY) $(VERIFY_ARGS) tests/infra
 
 .PHONY: audit
-audit: bootstrap ## Lynis hardening index and unit exposure of every host of INVENTORY
+audit: bootstrap $(VENV)/.verify-installed ## Lynis hardening index and unit exposure of every host of INVENTORY
 	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/audit.yml
 
 # Fresh hosts of their own (stackkit-bench-*): the floor, then a cold and a no-op site.yml per
@@ -112,13 +128,13 @@ bench-deploy: $(VENV)/.load-installed ## requests, non-2xx and p99 through nginx
 # stackkit_disposable only (stackkit/drift.py; DRIFT_ARGS="--kinds sshd-option,..." for some).
 DRIFT_ARGS ?=
 .PHONY: drift
-drift: bootstrap ## every kind of drift at once: --check must report each, site.yml repair it, the next run change nothing
+drift: bootstrap $(VENV)/.verify-installed ## every kind of drift at once: --check must report each, site.yml repair it, the next run change nothing
 	$(ACTIVATE) python -m stackkit.drift --inventory $(INVENTORY) --json build/drift.json $(DRIFT_ARGS)
 
 # Destructive: they kill services and write products. The local hosts only, unless told.
 CHAOS_ARGS ?=
 .PHONY: chaos
-chaos: bootstrap ## products through nginx while services fail; every accepted one must land
+chaos: bootstrap $(VENV)/.verify-installed ## products through nginx while services fail; every accepted one must land
 	$(ACTIVATE) python -m stackkit.chaos --inventory $(INVENTORY) $(CHAOS_ARGS)
 
 URL      ?= https://127.0.0.1:8443
@@ -130,12 +146,20 @@ load: $(VENV)/.load-installed ## a mixed load (Locust) for DURATION; fails on an
 	  locust -f tests/load/locustfile.py --headless --host $(URL) \
 	  --users $(USERS) --spawn-rate $(USERS) --run-time $(DURATION) --only-summary
 
+$(VENV)/.verify-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[verify]'
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
 $(VENV)/.load-installed: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[load]'
 	touch $@
 
 .PHONY: lint
-lint: bootstrap ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes, doc links, role docs, the collection
+lint: test-tools ## yamllint, ansible-lint (production), ruff, defaults vs argument_specs, unit sandboxes, doc links, role docs, the collection
 	$(ACTIVATE) yamllint --strict .
 	$(ACTIVATE) ansible-lint --profile production
 	$(ACTIVATE) ruff check .
@@ -183,7 +207,7 @@ collection: $(VENV)/.installed ## build the collection into build/collection and
 	    $(addprefix --test ,$(SANITY_TESTS))
 
 .PHONY: unit
-unit: bootstrap app/.venv/.installed $(VENV)/.bench-installed ## unit tests of the kit's Python code and of the app
+unit: test-tools app/.venv/.installed $(VENV)/.bench-installed ## unit tests of the kit's Python code and of the app
 	$(ACTIVATE) pytest -q -p no:cacheprovider -n auto --dist loadfile tests/unit
 	cd app && .venv/bin/python -m pytest -q -p no:cacheprovider
 
@@ -194,7 +218,7 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 	touch $@
 
 .PHONY: molecule
-molecule: images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ..."), MOLECULE_JOBS at a time
+molecule: test-tools images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ..."), MOLECULE_JOBS at a time
 	@mkdir -p build/molecule
 	@echo "== molecule: $(strip $(SCENARIOS)), $(MOLECULE_JOBS) at a time; each one's log in build/molecule/"
 	@start=$$($(MONOTONIC)); \
