@@ -139,6 +139,27 @@ UNITS = [
         base="redis-server.service",
     ),
     Unit(
+        "monitoring",
+        "prometheus.service.d/50-stackkit.conf.j2",
+        "prometheus.service",
+        DATA_BOUND,
+        base="prometheus.service",
+    ),
+    Unit(
+        "monitoring",
+        "prometheus-alertmanager.service.d/50-stackkit.conf.j2",
+        "prometheus-alertmanager.service",
+        DATA_BOUND,
+        base="prometheus-alertmanager.service",
+    ),
+    Unit(
+        "monitoring",
+        "prometheus-node-exporter.service.d/50-stackkit.conf.j2",
+        "prometheus-node-exporter.service",
+        DATA_BOUND,
+        base="prometheus-node-exporter.service",
+    ),
+    Unit(
         "rabbitmq",
         "rabbitmq-server.service.d/50-stackkit.conf.j2",
         "rabbitmq-server.service",
