@@ -134,7 +134,7 @@ def test_the_running_prometheus_keeps_the_configured_retention(host, v):
 def test_every_inventory_host_is_scraped_and_up(host, v):
     """The node job's targets are the inventory's hosts (none named in the configuration by
     hand), and every target of every job answers."""
-    wanted_nodes = set(render(host, "monitoring_scrape_hosts | default(groups['all'])"))
+    wanted_nodes = set(v("monitoring_scrape_hosts"))
     monitors = set(render(host, f"groups['{v('monitoring_server_group')}']"))
     wanted = (
         {("node", name) for name in wanted_nodes}
