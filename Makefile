@@ -9,7 +9,7 @@ TOPOLOGY  ?= single
 INVENTORY ?= inventories/local
 ALL_SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 # Scenarios `make molecule` (and so `make test`) leaves out unless SCENARIOS names them: each
-# takes several minutes (monitoring: about 10, its alert proofs included) and proves a role
+# takes several minutes (monitoring: 6 to 12, its alert proofs included) and proves a role
 # that site.yml applies only where the inventory has its group.
 OPT_IN_SCENARIOS := monitoring
 # The stack first: it takes as long as all the others together, so with MOLECULE_JOBS=2 it runs
