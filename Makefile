@@ -8,13 +8,9 @@ ACTIVATE  := source $(VENV)/bin/activate &&
 TOPOLOGY  ?= single
 INVENTORY ?= inventories/local
 ALL_SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# Scenarios `make molecule` (and so `make test`) leaves out unless SCENARIOS names them: each
-# takes several minutes (monitoring: 6 to 12, its alert proofs included) and proves a role
-# that site.yml applies only where the inventory has its group.
-OPT_IN_SCENARIOS := monitoring
 # The stack first: it takes as long as all the others together, so with MOLECULE_JOBS=2 it runs
 # beside them rather than after them. MOLECULE_JOBS=1 runs them one after another.
-SCENARIOS ?= $(filter stack,$(ALL_SCENARIOS)) $(filter-out stack $(OPT_IN_SCENARIOS),$(ALL_SCENARIOS))
+SCENARIOS ?= $(filter stack,$(ALL_SCENARIOS)) $(filter-out stack,$(ALL_SCENARIOS))
 MOLECULE_JOBS ?= 2
 HOSTS     := $(PY) -m stackkit.stackhosts
 # Whole seconds of a monotonic clock, for the durations make prints: the wall clock (date's

@@ -19,26 +19,16 @@ def suite_names() -> set[str]:
     return {p.stem.removeprefix("test_") for p in (ROOT / "tests" / "infra").glob("test_*.py")}
 
 
-def make_value(name: str) -> list[str]:
-    """A variable of the Makefile, as make itself expands it."""
+def make_scenarios() -> list[str]:
+    """The scenarios `make molecule` (and so `make test`) runs, as make itself expands them."""
     out = subprocess.run(
         ["make", "--no-print-directory", "-s", "-C", str(ROOT), "-f", "Makefile", "-f", "-",
-         "print-value"],
-        input=f"print-value:\n\t@echo $({name})\n",
+         "print-scenarios"],
+        input="print-scenarios:\n\t@echo $(SCENARIOS)\n",
         env={k: v for k, v in os.environ.items() if k not in ("SCENARIOS", "MAKEFLAGS")},
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return out.split()
-
-
-def make_scenarios() -> list[str]:
-    """The scenarios `make molecule` (and so `make test`) runs."""
-    return make_value("SCENARIOS")
-
-
-def opt_in_scenarios() -> list[str]:
-    """The scenarios `make molecule` runs only when SCENARIOS names them."""
-    return make_value("OPT_IN_SCENARIOS")
 
 
 def selected(scenario: str) -> set[str]:
@@ -51,29 +41,21 @@ def selected(scenario: str) -> set[str]:
     return {name.strip() for name in value.split(",")}
 
 
-def test_make_test_runs_every_scenario_directory_but_the_opt_in_ones():
+def test_make_test_runs_every_scenario_directory():
     found = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
-    opt_in = opt_in_scenarios()
-    assert set(opt_in) <= set(found), f"OPT_IN_SCENARIOS names no scenario: {opt_in}"
-    assert sorted(make_scenarios()) == [name for name in found if name not in opt_in]
+    assert sorted(make_scenarios()) == found
     assert "multi" in found
 
 
 def test_every_scenario_names_existing_suites_only():
     suites = suite_names()
-    unknown = {
-        s: sorted(selected(s) - suites)
-        for s in make_scenarios() + opt_in_scenarios()
-        if selected(s) - suites
-    }
+    unknown = {s: sorted(selected(s) - suites) for s in make_scenarios() if selected(s) - suites}
     assert not unknown, f"scenarios name suites tests/infra does not have: {unknown}"
 
 
 def test_every_suite_runs_in_a_scenario_of_make_test():
-    """Or, for a suite of an opt-in scenario's role, in that scenario."""
     covered = set().union(*(selected(s) for s in make_scenarios()))
-    opt_in = set().union(*(selected(s) for s in opt_in_scenarios()))
-    assert suite_names() - covered - opt_in == set(), "suites no scenario runs"
+    assert suite_names() - covered == set(), "suites no scenario of make test runs"
 
 
 def test_a_name_that_is_no_suite_stops_the_run_before_any_host_is_contacted(tmp_path):
