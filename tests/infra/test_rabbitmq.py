@@ -18,6 +18,7 @@ from pathlib import Path
 import pika
 import pytest
 from conftest import ROOT, address_of, assert_sandboxed, listeners, main_pid, relay_from, wait_for
+from test_tls import probe_ports
 
 testinfra_hosts = ["ansible://broker"]
 ROLE = "rabbitmq"
@@ -248,45 +249,6 @@ def test_epmd_and_erlang_distribution_listen_on_the_private_address_only(host, v
     assert f"at port {dist_port}" in host.check_output("epmd -names")
 
 
-# Run on the broker as `python3 -c DIST_PROBE ADDRESS PORT NAME CA CERT KEY`: a TLS handshake
-# as another node's distribution client makes it (the CA, this host's certificate, the node's
-# host name to check), then a plaintext Erlang node's first message (inet_tcp_dist's send_name:
-# length, 'N', flags, creation, name) and what comes back. Prints one JSON object.
-DIST_PROBE = r"""
-import json, socket, ssl, struct, sys
-address, port, name, ca, cert, key = sys.argv[1:]
-port = int(port)
-def tls():
-    context = ssl.create_default_context(cafile=ca)
-    context.load_cert_chain(cert, key)
-    try:
-        with socket.create_connection((address, port), timeout=5) as raw:
-            with context.wrap_socket(raw, server_hostname=name) as conn:
-                return {"ok": conn.version()}
-    except (OSError, ssl.SSLError) as error:
-        return {"error": f"{type(error).__name__}: {error}"}
-def plaintext():
-    node = b"stackkit-probe@" + name.encode()
-    body = b"N" + struct.pack("!QIH", 0x0D07DF7FBD, 0, len(node)) + node
-    answer, closed = b"", False
-    with socket.create_connection((address, port), timeout=5) as sock:
-        sock.sendall(struct.pack("!H", len(body)) + body)
-        try:
-            while len(answer) < 4096:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    closed = True
-                    break
-                answer += chunk
-        except TimeoutError:
-            pass
-        except OSError:
-            closed = True
-    return {"answer": answer.hex(), "closed": closed}
-print(json.dumps({"tls": tls(), "plaintext": plaintext()}))
-"""
-
-
 def dist_tls_only(host, v):
     if not v("rabbitmq_dist_tls_enabled"):
         pytest.skip("rabbitmq_dist_tls_enabled is false here: the distribution is plaintext")
@@ -307,17 +269,19 @@ def test_the_erlang_distribution_runs_over_tls_for_peers_and_cli_tools(host, v):
 
 
 def test_the_distribution_port_refuses_a_plaintext_node_and_takes_the_kits_tls(host, v):
-    """From the broker itself (the firewall keeps the port to the brokers): a plaintext
-    node's opening message gets a TLS alert record and the connection closed, while a
-    handshake with the internal CA, this host's certificate and the node's host name (what
-    a peer checks) succeeds, so the refusal is about the protocol, not reachability."""
+    """From the broker itself (the firewall keeps the port to the brokers), with test_tls's
+    port probe: a plaintext node's opening message gets a TLS alert record and the connection
+    closed, while a handshake with the internal CA, this host's certificate and the node's host
+    name (what a peer checks) succeeds, so the refusal is about the protocol, not
+    reachability."""
     dist_tls_only(host, v)
-    args = [address_of(host), str(v("rabbitmq_dist_port")), host.check_output("hostname -s")]
-    args += [v(f"rabbitmq_tls_{n}") for n in ("ca_certificate", "certificate", "private_key")]
-    result = json.loads(host.check_output("python3 -c %s" + " %s" * len(args), DIST_PROBE, *args))
-    assert result["tls"].get("ok") in ("TLSv1.2", "TLSv1.3"), result
-    answer = bytes.fromhex(result["plaintext"]["answer"])
+    node_host = host.check_output("hostname -s")
+    (result,) = probe_ports(
+        host, [f"{address_of(host)},{v('rabbitmq_dist_port')},erlang,{node_host}"]
+    )
+    assert result["kit"].get("ok") in ("TLSv1.2", "TLSv1.3"), result
+    answer = bytes.fromhex(result["plain"]["answer"])
     # A TLS alert record (content type 21), then the server closes; a plaintext distribution
     # would answer with its own status message ('s' after a two-byte length).
     assert answer[:1] == b"\x15", result
-    assert result["plaintext"]["closed"], result
+    assert result["plain"]["closed"], result

@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
-from conftest import address_of, main_pid, var_of, wait_for
+from conftest import address_of, internal_get, main_pid, render, var_of, wait_for
 
 testinfra_hosts = ["ansible://app"]
 ROLE = "app"
@@ -192,11 +192,15 @@ EPMD = ("epmd", 4369)
 PKI_DIR = "/etc/ssl/stackkit"
 _OWNER = re.compile(r'\("([^"]+)",pid=(\d+),')
 
-# Run as root on the prober, with its certificate, against each ADDRESS,PORT,MODE given: a TLS
-# handshake trusting the internal CA only, with the name the kit issued (the listener's
-# address); the same with the public CAs, and with a name the kit did not issue; then
-# plaintext, and the server's answer. PostgreSQL negotiates TLS inside its own protocol
-# (SSLRequest); the others speak TLS from the first byte. Prints one JSON list.
+# Run as root on the prober, with its certificate, against each ADDRESS,PORT,MODE[,NAME] given:
+# a TLS handshake trusting the internal CA only, with the name the kit issued (NAME, else the
+# listener's address); the same with the public CAs, and with a name the kit did not issue; then
+# plaintext, and the server's answer. Modes: `postgresql` negotiates TLS inside its own protocol
+# (SSLRequest) and opens plaintext with a startup message; `erlang` opens plaintext as an Erlang
+# node does (inet_tcp_dist's send_name: length, 'N', flags, creation, name); `http` with a
+# request, and tries a handshake without a client certificate too (`anonymous`: with TLS 1.3 a
+# server that wants one says so on the first read); `tls` with a line of text. The others speak
+# TLS from the first byte. Prints one JSON list.
 PORT_PROBE = r"""
 import json, socket, ssl, struct, sys
 from concurrent.futures import ThreadPoolExecutor
@@ -205,9 +209,34 @@ def startup(user, database):
     pairs = b"".join(k + b"\0" + v + b"\0" for k, v in ((b"user", user), (b"database", database)))
     body = struct.pack("!I", 196608) + pairs + b"\0"
     return struct.pack("!I", len(body) + 4) + body
-def handshake(address, port, mode, cafile, name):
+def erlang_name():
+    node = b"stackkit-probe@" + socket.gethostname().split(".")[0].encode()
+    body = b"N" + struct.pack("!QIH", 0x0D07DF7FBD, 0, len(node)) + node
+    return struct.pack("!H", len(body)) + body
+HELLO = {
+    "postgresql": lambda: startup(b"catalogue_app", b"catalogue"),
+    "erlang": erlang_name,
+    "http": lambda: b"GET / HTTP/1.1\r\nHost: stackkit-probe\r\nConnection: close\r\n\r\n",
+    "tls": lambda: b"PING\r\n",
+}
+def read_all(sock):
+    answer, closed = b"", False
+    try:
+        while len(answer) < 4096:
+            chunk = sock.recv(4096)
+            if not chunk:
+                closed = True
+                break
+            answer += chunk
+    except TimeoutError:
+        pass
+    except OSError:
+        closed = True
+    return answer, closed
+def handshake(address, port, mode, cafile, name, certificate=True):
     context = ssl.create_default_context(cafile=cafile)
-    context.load_cert_chain(f"{pki}/host.crt", f"{pki}/host.key")
+    if certificate:
+        context.load_cert_chain(f"{pki}/host.crt", f"{pki}/host.key")
     try:
         raw = socket.create_connection((address, port), timeout=5)
     except OSError as error:
@@ -219,46 +248,48 @@ def handshake(address, port, mode, cafile, name):
             if offered != b"S":
                 return {"error": f"no TLS offered: {offered!r}"}
         with context.wrap_socket(raw, server_hostname=name) as tls:
-            return {"ok": tls.version()}
+            if certificate:
+                return {"ok": tls.version()}
+            tls.sendall(HELLO[mode]())
+            answer, closed = read_all(tls)
+            return {"ok": tls.version(), "answer": answer.hex(), "closed": closed}
     except (OSError, ssl.SSLError) as error:
         return {"error": f"{type(error).__name__}: {error}"}
     finally:
         raw.close()
 def plaintext(address, port, mode):
-    hello = startup(b"catalogue_app", b"catalogue") if mode == "postgresql" else b"PING\r\n"
-    answer, closed = b"", False
     try:
         sock = socket.create_connection((address, port), timeout=5)
     except OSError as error:
         return {"answer": "", "closed": False, "error": str(error)}
     with sock:
-        sock.sendall(hello)
-        try:
-            while len(answer) < 4096:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    closed = True
-                    break
-                answer += chunk
-        except TimeoutError:
-            pass
-        except OSError:
-            closed = True
+        sock.sendall(HELLO[mode]())
+        answer, closed = read_all(sock)
     return {"answer": answer.hex(), "closed": closed}
 def attempts(target):
-    address, port, mode = target.split(",")
-    on = (address, int(port), mode)
-    return {
-        "kit": lambda: handshake(*on, f"{pki}/ca.crt", address),
-        "other_ca": lambda: handshake(*on, "/etc/ssl/certs/ca-certificates.crt", address),
+    address, port, mode, *name = target.split(",")
+    on, name = (address, int(port), mode), (name or [address])[0]
+    tries = {
+        "kit": lambda: handshake(*on, f"{pki}/ca.crt", name),
+        "other_ca": lambda: handshake(*on, "/etc/ssl/certs/ca-certificates.crt", name),
         "other_name": lambda: handshake(*on, f"{pki}/ca.crt", "not-issued-by-the-kit.invalid"),
         "plain": lambda: plaintext(*on),
     }
+    if mode == "http":
+        tries["anonymous"] = lambda: handshake(*on, f"{pki}/ca.crt", name, certificate=False)
+    return tries
 # All at once: a port that leaves a client waiting costs its timeout once, not once a try.
 with ThreadPoolExecutor(32) as pool:
     futures = [{k: pool.submit(f) for k, f in attempts(t).items()} for t in sys.argv[2:]]
     print(json.dumps([{k: f.result() for k, f in tries.items()} for tries in futures]))
 """
+
+
+def probe_ports(prober, targets: list[str]) -> list[dict]:
+    """PORT_PROBE run as root on `prober` with its certificate, one result per target
+    ("ADDRESS,PORT,MODE[,NAME]")."""
+    command = "python3 -c %s %s" + " %s" * len(targets)
+    return json.loads(prober.check_output(command, PORT_PROBE, PKI_DIR, *targets))
 
 
 @dataclass(frozen=True)
@@ -288,19 +319,24 @@ def tier_listeners(server, tier: str) -> list[Port]:
     return found
 
 
-def mode_of(listener: Port) -> str:
-    return "postgresql" if listener.process == "postgres" else "tls"
+def mode_of(listener: Port, erlang_ports: frozenset[int] = frozenset()) -> str:
+    if listener.process == "postgres":
+        return "postgresql"
+    return "erlang" if listener.port in erlang_ports else "tls"
 
 
-def tls_only_problems(prober, listeners: list[Port]) -> list[list[str]]:
+def tls_only_problems(
+    prober, listeners: list[Port], erlang_ports: frozenset[int] = frozenset()
+) -> list[list[str]]:
     """Why each listener does not hold to TLS with the internal CA only, tried from `prober`
-    with its own certificate; an empty list for one that does."""
+    with its own certificate; an empty list for one that does. `erlang_ports` speak Erlang's
+    distribution, whose plaintext opening is a node's name."""
     if not listeners:
         return []
-    targets = [f"{p.address},{p.port},{mode_of(p)}" for p in listeners]
-    command = "python3 -c %s %s" + " %s" * len(targets)
-    results = json.loads(prober.check_output(command, PORT_PROBE, PKI_DIR, *targets))
-    return [why_not_tls_only(mode_of(p), r) for p, r in zip(listeners, results, strict=True)]
+    modes = [mode_of(p, erlang_ports) for p in listeners]
+    targets = [f"{p.address},{p.port},{mode}" for p, mode in zip(listeners, modes, strict=True)]
+    results = probe_ports(prober, targets)
+    return [why_not_tls_only(mode, r) for mode, r in zip(modes, results, strict=True)]
 
 
 def why_not_tls_only(mode: str, result: dict) -> list[str]:
@@ -334,7 +370,8 @@ def unencrypted_ports(server, tier: str, prober) -> dict[int, str]:
     from_server = [p for p in listeners if (p.process, p.port) in local]
     from_prober = [p for p in listeners if p not in from_server]
     tried = list(zip(from_prober, tls_only_problems(prober, from_prober), strict=True))
-    tried += zip(from_server, tls_only_problems(server, from_server), strict=True)
+    erlang = frozenset(port for _, port in local)
+    tried += zip(from_server, tls_only_problems(server, from_server, erlang), strict=True)
     return {p.port: f"{p}: {'; '.join(why)}" for p, why in tried if why}
 
 
@@ -349,6 +386,97 @@ def test_every_port_the_tier_listens_on_takes_tls_with_the_kits_ca_only(tier, in
         # and the firewall let in, so PostgreSQL's answer is about encryption, not the source.
         found = unencrypted_ports(server, tier, (inventory_hosts("app") or [server])[0])
         assert not found, f"{server.backend.host}: {found}"
+
+
+# --- nginx -> gunicorn ------------------------------------------------------------------------
+
+
+def web_hosts_with_upstream_tls(inventory_hosts) -> list:
+    webs = inventory_hosts("web")
+    if not webs:
+        pytest.skip("no web host in this inventory")
+    if not all(var_of(web, "gunicorn_tls_enabled", "gunicorn") for web in webs):
+        pytest.skip("gunicorn_tls_enabled is false here: nginx speaks plain HTTP to gunicorn")
+    return webs
+
+
+def gunicorn_target(web, upstream_host: str | None = None) -> str:
+    """The probe's target for a gunicorn: its address and port, with the name nginx checks."""
+    address = upstream_host or address_of(web)
+    port = var_of(web, "gunicorn_port", "gunicorn")
+    return f"{address},{port},http,{var_of(web, 'nginx_upstream_tls_name', 'nginx')}"
+
+
+def test_gunicorn_refuses_plaintext_and_clients_without_a_certificate_of_the_kits_ca(
+    inventory_hosts,
+):
+    """From each web host (the firewall admits the web tier only), against its own gunicorn: a
+    handshake as nginx makes it succeeds; one trusting the public CAs or checking another name
+    fails on gunicorn's certificate; a plaintext request gets no HTTP answer, only the
+    connection closed; and a client without a certificate of the internal CA is refused."""
+    for web in web_hosts_with_upstream_tls(inventory_hosts):
+        (result,) = probe_ports(web, [gunicorn_target(web)])
+        assert not why_not_tls_only("http", result), (web.backend.host, result)
+        assert not bytes.fromhex(result["plain"]["answer"]).startswith(b"HTTP/"), result
+        anonymous = result["anonymous"]
+        if var_of(web, "gunicorn_tls_client_auth", "gunicorn"):
+            # TLS 1.3 finishes the handshake and reports the refusal on the first read.
+            assert "error" in anonymous or not anonymous["answer"], (web.backend.host, result)
+        else:
+            assert bytes.fromhex(anonymous.get("answer", "")).startswith(b"HTTP/1.1 "), result
+
+
+def site_directives(config: str) -> dict[str, set[str]]:
+    """Every value each proxy directive has in nginx's configuration."""
+    found: dict[str, set[str]] = {}
+    for name, value in re.findall(r"^\s*(proxy_\w+)\s+([^;]*);", config, re.MULTILINE):
+        found.setdefault(name, set()).add(value.strip())
+    return found
+
+
+def test_nginx_verifies_every_gunicorn_against_the_internal_ca_and_one_name(inventory_hosts):
+    """In the configuration nginx runs (`nginx -T`): https to the upstream, verification on,
+    against a file that holds the internal CA alone, under the one name nginx checks every
+    server by, with this host's certificate to show and TLS sessions reused. Then each upstream
+    server, tried from this host with nginx's own CA file and name, passes that check, and fails
+    it under another name or the public CAs; a request through nginx reaches gunicorn and leaves
+    a kept TLS connection to the upstream."""
+    for web in web_hosts_with_upstream_tls(inventory_hosts):
+        nginx = lambda name, web=web: var_of(web, name, "nginx")  # noqa: E731
+        config = web.check_output("nginx -T 2>/dev/null")
+        found = site_directives(config)
+        assert found["proxy_pass"], "no proxy_pass"
+        assert all(p.startswith("https://") for p in found["proxy_pass"]), found["proxy_pass"]
+        assert found.get("proxy_ssl_verify") == {"on"}, found
+        assert found.get("proxy_ssl_name") == {nginx("nginx_upstream_tls_name")}, found
+        assert found.get("proxy_ssl_verify_depth") == {
+            str(nginx("nginx_upstream_tls_verify_depth"))
+        }
+        assert found.get("proxy_ssl_session_reuse") == {"on"}, found
+        assert found.get("proxy_ssl_certificate") == {nginx("nginx_upstream_tls_certificate")}
+        (trusted,) = found["proxy_ssl_trusted_certificate"]
+        assert trusted == nginx("nginx_upstream_tls_ca_certificate")
+        ca = web.file(trusted).content_string
+        assert ca.count("BEGIN CERTIFICATE") == 1, f"{trusted} trusts more than the internal CA"
+        assert ca.strip() == str(render(web, "pki_ca_certificate")).strip()
+
+        servers = [s.rsplit(":", 1)[0] for s in nginx("nginx_upstream_servers")]
+        results = probe_ports(web, [gunicorn_target(web, server) for server in servers])
+        for server, result in zip(servers, results, strict=True):
+            assert result["kit"].get("ok") in ("TLSv1.2", "TLSv1.3"), (server, result)
+            for attempt in ("other_ca", "other_name"):
+                assert "CERTIFICATE_VERIFY_FAILED" in result[attempt].get("error", ""), (
+                    server,
+                    attempt,
+                    result,
+                )
+
+        port = var_of(web, "gunicorn_port", "gunicorn")
+        url = f"https://127.0.0.1:{nginx('nginx_tls_port')}/healthz"
+        assert internal_get(web, url)["status"] == 200
+        if nginx("nginx_upstream_keepalive"):
+            kept = web.check_output(f"ss -Htnp state established '( dport = :{port} )'")
+            assert '"nginx"' in kept, f"no kept connection from nginx to gunicorn: {kept!r}"
 
 
 # Speaks plaintext on the data host's private address as the tier's account: the same check

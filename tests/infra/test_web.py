@@ -107,10 +107,17 @@ def read_response(stream: BinaryIO, method: str) -> tuple[int, dict[str, str], b
 
 # Run on the web host itself: gunicorn listens on the private address only. It prints (in hex)
 # every byte gunicorn sends on one connection for a HEAD of a missing page, then a GET of /healthz.
+# With a name (gunicorn over HTTPS) it connects as nginx does: the internal CA, that name, and the
+# host's certificate to show.
 GUNICORN_HEAD_PROBE = r"""
-import socket, sys
-address, port, host = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-with socket.create_connection((address, port), timeout=10) as sock:
+import socket, ssl, sys
+address, port, host, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+raw = socket.create_connection((address, port), timeout=10)
+if name:
+    context = ssl.create_default_context(cafile=sys.argv[5])
+    context.load_cert_chain(sys.argv[6], sys.argv[7])
+    raw = context.wrap_socket(raw, server_hostname=name)
+with raw as sock:
     sock.sendall(f"HEAD /no-such-page HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     received = b""
     while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
@@ -283,9 +290,14 @@ def test_nginx_retries_only_idempotent_requests_and_posts_on_new_connections(hos
     )
 
 
-def test_gunicorn_sends_no_body_after_a_head(host, host_header, v):
+def test_gunicorn_sends_no_body_after_a_head(host, host_header, v, nginx_var):
     address, port = address_of(host), str(v("gunicorn_port"))
-    probe = host.run("python3 -c %s %s %s %s", GUNICORN_HEAD_PROBE, address, port, host_header)
+    tls = [nginx_var("nginx_upstream_tls_name")] if v("gunicorn_tls_enabled") else [""]
+    if tls[0]:
+        tls += [v("gunicorn_tls_ca_certificate"), v("gunicorn_tls_certificate")]
+        tls += [v("gunicorn_tls_private_key")]
+    args = [GUNICORN_HEAD_PROBE, address, port, host_header, *tls]
+    probe = host.run("python3 -c %s" + " %s" * (len(args) - 1), *args)
     assert probe.rc == 0, probe.stderr
     stream = io.BytesIO(bytes.fromhex(probe.stdout.strip()))
     status, headers, _ = read_response(stream, "HEAD")

@@ -29,17 +29,17 @@ from __future__ import annotations
 import argparse
 import configparser
 import fcntl
+import http.client
 import json
 import os
 import platform
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,10 @@ class Config:
     health_path: str
     health_host: str
     health_timeout: float
+    health_tls_name: str
+    health_tls_ca: str
+    health_tls_certificate: str
+    health_tls_key: str
     keep_releases: int
     migrate_owner: str
     reindex: bool
@@ -106,6 +110,10 @@ class Config:
             health_path=data["health_path"],
             health_host=data["health_host"],
             health_timeout=float(data["health_timeout"]),
+            health_tls_name=data.get("health_tls_name", ""),
+            health_tls_ca=data.get("health_tls_ca", ""),
+            health_tls_certificate=data.get("health_tls_certificate", ""),
+            health_tls_key=data.get("health_tls_key", ""),
             keep_releases=int(data["keep_releases"]),
             migrate_owner=data["migrate_owner"],
             reindex=data.getboolean("reindex"),
@@ -307,10 +315,42 @@ def restart(cfg: Config) -> None:
     run("restart", ["systemctl", "start", cfg.target])
 
 
+class _NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address, the certificate checked against a name the address is not: every
+    web host's gunicorn carries the name nginx checks them all against."""
+
+    def __init__(self, host: str, *, server_name: str, **kw) -> None:
+        super().__init__(host, **kw)
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
+
+
+def health_status(cfg: Config, address: str) -> int:
+    """The status gunicorn answers the readiness view with: over HTTPS (cfg.health_tls_name set,
+    as nginx checks it, showing this host's certificate) or plain HTTP."""
+    if cfg.health_tls_name:
+        context = ssl.create_default_context(cafile=cfg.health_tls_ca)
+        context.load_cert_chain(cfg.health_tls_certificate, cfg.health_tls_key)
+        conn = _NamedHTTPSConnection(
+            address, server_name=cfg.health_tls_name, context=context, timeout=5
+        )
+    else:
+        conn = http.client.HTTPConnection(address, timeout=5)
+    try:
+        conn.request("GET", cfg.health_path, headers={"Host": cfg.health_host})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def wait_ready(cfg: Config, address: str | None) -> None:
     """Until the target is active and, on a web host, gunicorn answers the readiness view."""
     deadline = time.monotonic() + cfg.health_timeout
-    url = f"http://{address}{cfg.health_path}" if address else None
+    scheme = "https" if cfg.health_tls_name else "http"
+    url = f"{scheme}://{address}{cfg.health_path}" if address else None
     last = "not checked yet"
     while time.monotonic() < deadline:
         if cfg.web_service and unit_exists(f"{cfg.web_service}.service"):
@@ -322,13 +362,11 @@ def wait_ready(cfg: Config, address: str | None) -> None:
             if url is None:
                 return
             try:
-                request = urllib.request.Request(url, headers={"Host": cfg.health_host})
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except urllib.error.HTTPError as exc:
-                last = f"{url} answered {exc.code}"
-            except OSError as exc:
+                status = health_status(cfg, address)
+                if status == 200:
+                    return
+                last = f"{url} answered {status}"
+            except (OSError, http.client.HTTPException) as exc:
                 last = f"{url}: {exc}"
         time.sleep(0.5)
     raise StepFailed("health", f"not ready within {cfg.health_timeout:g} s: {last}")
