@@ -367,9 +367,14 @@ def test_bad_input_is_refused_with_field_errors(site, payload, field):
 def test_bad_input_stores_and_enqueues_nothing(site, db, queue_depths, inventory_hosts, images):
     """With the workers stopped, every message published stays in its queue: a refused post
     adds none and no row, while an accepted one adds exactly one message. Beat is stopped too:
-    its outbox re-drive publishes to the same queue every 30 s."""
+    its outbox re-drive publishes to the same queue every 30 s. The slow workers are stopped as
+    well, so that what an earlier check left in their queue does not drain meanwhile."""
     workers = inventory_hosts("worker")
-    with stopped(workers, "catalogue-worker-default"), stopped(workers[:1], "catalogue-beat"):
+    with (
+        stopped(workers, "catalogue-worker-default"),
+        stopped(workers, "catalogue-worker-slow"),
+        stopped(workers[:1], "catalogue-beat"),
+    ):
         rows = db("SELECT count(*) FROM public.catalogue_product")[0][0]
         before = queue_depths()
         for bad in ({"title": "", "image_url": "http://x.example/a.png"}, {"title": "t"}, [1, 2]):
@@ -381,7 +386,8 @@ def test_bad_input_stores_and_enqueues_nothing(site, db, queue_depths, inventory
 
         product_id = site.add(f"Control {word()}", f"{images.base}/img/control.png")
         expected = before.get("default", 0) + 1
-        assert wait_for(lambda: queue_depths().get("default") == expected, timeout=10)
+        # Each look at the queues is a rabbitmqctl call, seconds long on a loaded host.
+        assert wait_for(lambda: queue_depths().get("default") == expected, timeout=30)
     site.stored(product_id)
 
 
