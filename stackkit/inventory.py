@@ -2,13 +2,13 @@
 the drift and chaos drivers and the fabfile share.
 
 Ansible's documented Python API does the work (DataLoader, InventoryManager, VariableManager, a
-Play loaded as ansible-playbook loads one): the role's defaults and vars, the inventory's
-group_vars and host_vars, vault-encrypted values (the password comes from
-ANSIBLE_VAULT_PASSWORD_FILE, as for ansible-playbook) and the host's facts, each at the
-precedence Ansible gives it, rendered by Ansible's templating. A variable that none of them
-defines, or that renders through an undefined one, is an error: a check never compares a host
-against a value the play did not use. With `vault=False` encrypted files count as empty, so
-reading where to connect needs no secret.
+Play loaded as ansible-playbook loads one from playbooks/): the role's defaults and vars, the
+playbooks' group_vars (the kit's wiring), the inventory's group_vars and host_vars,
+vault-encrypted values (the password comes from ANSIBLE_VAULT_PASSWORD_FILE, as for
+ansible-playbook) and the host's facts, each at the precedence Ansible gives it, rendered by
+Ansible's templating. A variable that none of them defines, or that renders through an undefined
+one, is an error: a check never compares a host against a value the play did not use. With
+`vault=False` encrypted files count as empty, so reading where to connect needs no secret.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from ansible.vars.manager import VariableManager
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ROOT / "roles"
+# The kit's wiring (playbooks/group_vars/): every play of the kit's playbooks sees it.
+PLAYBOOKS = ROOT / "playbooks"
 # The local hosts' secrets are throwaway; their vault password is committed beside them.
 LOCAL_VAULT_PASSWORD = ROOT / "tests" / "hosts" / "local-vault-password"
 # The variable an inventory sets on its hosts to let the destructive checks run there.
@@ -68,6 +70,7 @@ class PlayVars:
         called once per host, the first time a role's variables are asked for."""
         _init_plugins()
         self.loader = DataLoader() if vault else _SkipVault()
+        self.loader.set_basedir(str(PLAYBOOKS))
         password_file = vault_password_file or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
         if vault and password_file:
             secret = get_file_vault_secret(filename=password_file, loader=self.loader)

@@ -205,12 +205,19 @@ def test_overcommit_is_written_and_applied_where_the_kernel_allows(host, v):
             assert host.check_output(f"sysctl -n {key}") == str(value)
 
 
+FIREWALL_RULES = (
+    "query('ansible.builtin.vars', *query('ansible.builtin.varnames', '^common_firewall_allowed'))"
+    " | flatten(levels=1)"
+)
+
+
 def test_allowed_hosts_reach_redis_and_others_do_not(host, v, inventory_hosts):
-    rules = render(host, "common_firewall_allowed_redis | default([])")
-    sources = [s for rule in rules for s in rule.get("sources", [])]
-    if not sources:
-        pytest.skip("no common_firewall_allowed_redis sources in this inventory")
+    # Every rule the common role opens (common_firewall_allowed and _*), for Redis's port.
+    rules = render(host, FIREWALL_RULES)
     target, port = address_of(host), v("redis_port")
+    sources = [s for rule in rules if rule.get("port") == port for s in rule.get("sources", [])]
+    if not sources:
+        pytest.skip("no firewall rule of this inventory opens Redis's port")
     peers = inventory_hosts("all")
     allowed = [p for p in peers if address_of(p) in sources]
     outsiders = [p for p in peers if address_of(p) not in [*sources, target]]
