@@ -71,14 +71,15 @@ class Host:
     suite: str | None = None  # None: the suite asked for on the command line
 
 
-# Inventory groups the playbooks know. `app` hosts run the Django code (web and workers).
+# Inventory groups the playbooks know. `app` hosts run the Django code (web and workers);
+# `monitor` hosts run Prometheus and Alertmanager (on the multi topology, beside Redis).
 WEB_PORT = "127.0.0.1:8080:80"
 WEB_TLS_PORT = "127.0.0.1:8443:443"
 TOPOLOGIES: dict[str, tuple[Host, ...]] = {
     "single": (
         Host(
             "stack1",
-            ("web", "app", "worker", "db", "cache", "broker", "search", "docs"),
+            ("web", "app", "worker", "db", "cache", "broker", "search", "docs", "monitor"),
             (WEB_PORT, WEB_TLS_PORT),
         ),
     ),
@@ -88,7 +89,7 @@ TOPOLOGIES: dict[str, tuple[Host, ...]] = {
         Host("worker1", ("worker", "app")),
         Host("worker2", ("worker", "app")),
         Host("db1", ("db",)),
-        Host("cache1", ("cache",)),
+        Host("cache1", ("cache", "monitor")),
         Host("broker1", ("broker",)),
         Host("search1", ("search",)),
         Host("docs1", ("docs",)),
