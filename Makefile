@@ -15,6 +15,7 @@ MOLECULE_JOBS ?= 2
 HOSTS     := $(PY) -m stackkit.stackhosts
 # Whole seconds of a monotonic clock, for the durations make prints: the wall clock (date's
 # epoch seconds, and bash's SECONDS, which follows it) can step back or ahead mid-run.
+comma := ,
 MONOTONIC := python3 -c 'import time; print(int(time.monotonic()))'
 # The local hosts' secrets are throwaway; their vault password is committed beside them.
 ifeq ($(INVENTORY),inventories/local)
@@ -70,13 +71,20 @@ hosts-up: bootstrap ## start local hosts: TOPOLOGY=single|multi
 hosts-down: ## remove local hosts: TOPOLOGY=single|multi
 	$(HOSTS) down --topology $(TOPOLOGY)
 
+# Each step of the demo says what it starts and how long the demo has run so far.
+demo: DEMO_START := $(shell $(MONOTONIC))
+DEMO_STEP = @echo "demo [$$(( $$($(MONOTONIC)) - $(DEMO_START) )) s]: $(1)"
 .PHONY: demo
 demo: ## bring the whole stack up on local hosts and say where to open it
-	@# The virtualenv, the local hosts' image and the artifacts at once: none needs another.
+	$(call DEMO_STEP,the virtualenv$(comma) the hosts' image and the artifacts$(comma) at once)
+	@# None of the three needs another; each one's output shows when it is done.
 	@$(MAKE) --no-print-directory -j3 --output-sync=target IMAGE_SUITES=trixie \
 	  $(VENV)/.installed images artifacts
+	$(call DEMO_STEP,starting the $(TOPOLOGY) topology's hosts)
 	@$(MAKE) --no-print-directory hosts-up
+	$(call DEMO_STEP,site.yml on them (every tier$(comma) the catalogue$(comma) monitoring))
 	$(ACTIVATE) ansible-playbook -i $(INVENTORY) playbooks/site.yml
+	$(call DEMO_STEP,done)
 	@echo "The catalogue is up on local hosts ($(TOPOLOGY)): open https://127.0.0.1:8443/"
 	@echo "(its certificate comes from the test CA .cache/tls/ca.pem; http://127.0.0.1:8080 redirects)"
 	@echo "Hosts: ansible all -i $(INVENTORY) -m ping; measure it: make bench-app"
@@ -205,6 +213,21 @@ collection: $(VENV)/.installed ## build the collection into build/collection and
 	  && ansible-test sanity --color no \
 	    --python "$$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
 	    $(addprefix --test ,$(SANITY_TESTS))
+
+# The built collection, installed into a project of its own (a temporary directory that holds
+# nothing else), runs site.yml against INVENTORY: the roles, playbooks and wiring as shipped, not
+# the checkout's. Only the app's source and its release directory come from the checkout.
+.PHONY: collection-converge
+collection-converge: $(VENV)/.installed ## the built collection converges INVENTORY from a directory of its own
+	rm -rf build/collection
+	$(ACTIVATE) ansible-galaxy collection build --output-path build/collection .
+	$(ACTIVATE) tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	  && ansible-galaxy collection install --no-deps -p "$$tmp/collections" \
+	    build/collection/*.tar.gz >/dev/null \
+	  && cd "$$tmp" && ANSIBLE_COLLECTIONS_PATH="$$tmp/collections" ANSIBLE_FORKS=20 \
+	    ANSIBLE_PIPELINING=true ANSIBLE_CALLBACK_RESULT_FORMAT=yaml \
+	    ansible-playbook -i "$(abspath $(INVENTORY))" stackkit.kit.site \
+	      -e app_source_dir="$(CURDIR)/app" -e app_build_dir="$(CURDIR)/.cache/releases"
 
 .PHONY: unit
 unit: test-tools app/.venv/.installed $(VENV)/.bench-installed ## unit tests of the kit's Python code and of the app
