@@ -140,9 +140,10 @@ def test_the_artifact_ships_the_kit_and_nothing_of_its_workshop(collection):
         for plugin in (
             "modules/mongodb_login_check.py",
             "modules/signing_key.py",
-            "filter/weak_secrets.py",
-            "filter/public_addresses.py",
-            "filter/in_container.py",
+            "filter/stackkit.py",
+            "filter/weak_secrets.yml",
+            "filter/public_addresses.yml",
+            "filter/in_container.yml",
         ):
             assert f"plugins/{plugin}" in names
         assert "templates/catalogue.env.j2" in names
