@@ -137,7 +137,15 @@ def test_the_artifact_ships_the_kit_and_nothing_of_its_workshop(collection):
             assert not [n for n in names if n.startswith(workshop)], workshop
         for role in APPLIED_ROLES:
             assert f"roles/{role}/tasks/main.yml" in names
-        assert "plugins/modules/mongodb_login_check.py" in names
+        for plugin in (
+            "modules/mongodb_login_check.py",
+            "modules/signing_key.py",
+            "filter/stackkit.py",
+            "filter/weak_secrets.yml",
+            "filter/public_addresses.yml",
+            "filter/in_container.yml",
+        ):
+            assert f"plugins/{plugin}" in names
         assert "templates/catalogue.env.j2" in names
         for member in (m for m in members if m.isfile()):
             assert "vault" not in member.name.lower(), member.name
@@ -148,7 +156,7 @@ def test_the_artifact_ships_the_kit_and_nothing_of_its_workshop(collection):
 
 def test_another_project_calls_every_role_by_its_fqcn(collection):
     """Each role by FQCN, and the mongodb role's task file that calls the collection's own
-    module (a module in a role's library/ does not load in a collection's role)."""
+    module by its FQCN."""
     playbook = [
         {
             "name": "Every role of the collection",
@@ -222,15 +230,16 @@ def _spec(options: dict) -> dict:
     }
 
 
-def test_the_module_documents_the_options_it_takes(collection, monkeypatch):
+@pytest.mark.parametrize("module_name", ["mongodb_login_check", "signing_key"])
+def test_the_module_documents_the_options_it_takes(collection, monkeypatch, module_name):
     """What validate-modules checks first (it needs the network here): ansible-doc finds the
     module by its FQCN in the installed collection, and its documented options are the ones
     its argument_spec takes."""
-    name = f"{FQCN}.mongodb_login_check"
+    name = f"{FQCN}.{module_name}"
     command = [str(BIN / "ansible-doc"), "-t", "module", "--json", name]
     doc = json.loads(_run(command, cwd=collection["project"], env=collection["env"]))
-    source = ROOT / "plugins" / "modules" / "mongodb_login_check.py"
-    spec = importlib.util.spec_from_file_location("mongodb_login_check", source)
+    source = ROOT / "plugins" / "modules" / f"{module_name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     taken = {}
@@ -243,3 +252,12 @@ def test_the_module_documents_the_options_it_takes(collection, monkeypatch):
     with pytest.raises(SystemExit):
         module.main()
     assert _spec(doc[name]["doc"]["options"]) == _spec(taken["argument_spec"])
+
+
+@pytest.mark.parametrize("filter_name", ["weak_secrets", "public_addresses", "in_container"])
+def test_the_filters_are_documented_in_the_collection(collection, filter_name):
+    """ansible-doc finds each filter the roles call by its FQCN in the installed collection."""
+    name = f"{FQCN}.{filter_name}"
+    command = [str(BIN / "ansible-doc"), "-t", "filter", "--json", name]
+    doc = json.loads(_run(command, cwd=collection["project"], env=collection["env"]))
+    assert doc[name]["doc"]["name"] == filter_name

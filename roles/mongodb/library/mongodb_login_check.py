@@ -1,1 +1,0 @@
-../../../plugins/modules/mongodb_login_check.py
