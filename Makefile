@@ -222,9 +222,10 @@ collection-converge: $(VENV)/.installed ## the built collection converges INVENT
 	rm -rf build/collection
 	$(ACTIVATE) ansible-galaxy collection build --output-path build/collection .
 	$(ACTIVATE) tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	  && export ANSIBLE_COLLECTIONS_PATH="$$tmp/collections" \
 	  && ansible-galaxy collection install --no-deps -p "$$tmp/collections" \
 	    build/collection/*.tar.gz >/dev/null \
-	  && cd "$$tmp" && ANSIBLE_COLLECTIONS_PATH="$$tmp/collections" ANSIBLE_FORKS=20 \
+	  && cd "$$tmp" && ANSIBLE_FORKS=20 \
 	    ANSIBLE_PIPELINING=true ANSIBLE_CALLBACK_RESULT_FORMAT=yaml \
 	    ansible-playbook -i "$(abspath $(INVENTORY))" stackkit.kit.site \
 	      -e app_source_dir="$(CURDIR)/app" -e app_build_dir="$(CURDIR)/.cache/releases"
