@@ -65,12 +65,16 @@ class PlayVars:
         facts: Callable[[str], dict] | None = None,
         vault_password_file: str | None = None,
         vault: bool = True,
+        playbook_dir: str | None = None,
     ) -> None:
         """`facts(hostname)` returns the host's facts as the setup module reports them; it is
-        called once per host, the first time a role's variables are asked for."""
+        called once per host, the first time a role's variables are asked for.
+        `playbook_dir` is the directory of the playbook that converged the hosts, whose
+        group_vars the play saw: the kit's playbooks/ unless said otherwise (a molecule
+        scenario's own converge playbook sees no wiring)."""
         _init_plugins()
         self.loader = DataLoader() if vault else _SkipVault()
-        self.loader.set_basedir(str(PLAYBOOKS))
+        self.loader.set_basedir(str(playbook_dir or PLAYBOOKS))
         password_file = vault_password_file or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
         if vault and password_file:
             secret = get_file_vault_secret(filename=password_file, loader=self.loader)

@@ -97,7 +97,7 @@ def refuse_destructive_on_kept_hosts(config: pytest.Config, items: list[pytest.I
     if not destructive:
         return
     inventory = inventory_of(config)
-    kept = PlayVars(inventory).not_disposable()
+    kept = PlayVars(inventory, playbook_dir=PLAYBOOK_DIR).not_disposable()
     if kept:
         raise pytest.UsageError(
             f"refusing to run {len(destructive)} destructive checks (e.g. {destructive[0]}) "
@@ -109,6 +109,9 @@ def refuse_destructive_on_kept_hosts(config: pytest.Config, items: list[pytest.I
 
 
 _RESOLVERS: dict[str, PlayVars] = {}
+# The directory of the playbook that converged the hosts (its group_vars are part of what the
+# play saw): the kit's playbooks/ unless a molecule scenario names its own (molecule/base.yml).
+PLAYBOOK_DIR = os.environ.get("STACKKIT_PLAYBOOK_DIR") or None
 
 
 def inventory_of(config: pytest.Config) -> str:
@@ -130,7 +133,7 @@ def resolver(host) -> PlayVars:
             )
             return peer.ansible("ansible.builtin.setup", check=False)
 
-        _RESOLVERS[inventory] = PlayVars(inventory, facts=facts)
+        _RESOLVERS[inventory] = PlayVars(inventory, facts=facts, playbook_dir=PLAYBOOK_DIR)
     return _RESOLVERS[inventory]
 
 
