@@ -12,6 +12,10 @@ ALL_SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule
 # beside them rather than after them. MOLECULE_JOBS=1 runs them one after another.
 SCENARIOS ?= $(filter stack,$(ALL_SCENARIOS)) $(filter-out stack,$(ALL_SCENARIOS))
 MOLECULE_JOBS ?= 2
+# `make molecule` repeats a failed scenario's failure lines at its very end, after every other
+# scenario's output, where the tail of a CI log shows them.
+MOLECULE_FAILED_LINES ?= 15
+MOLECULE_FAILURE_LINES := fatal:|FAILED|failed=[1-9]|^.{0,12}E  |Error|ERROR|CRITICAL|Traceback
 HOSTS     := $(PY) -m stackkit.stackhosts
 # Whole seconds of a monotonic clock, for the durations make prints: the wall clock (date's
 # epoch seconds, and bash's SECONDS, which follows it) can step back or ahead mid-run.
@@ -245,10 +249,17 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 molecule: test-tools images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ..."), MOLECULE_JOBS at a time
 	@mkdir -p build/molecule
 	@echo "== molecule: $(strip $(SCENARIOS)), $(MOLECULE_JOBS) at a time; each one's log in build/molecule/"
-	@start=$$($(MONOTONIC)); \
+	@rm -f build/molecule/*.failed; start=$$($(MONOTONIC)); \
 	$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) --output-sync=target \
 	  $(addprefix molecule-scenario-,$(SCENARIOS)) \
-	  && echo "== molecule: every scenario passed in $$(( $$($(MONOTONIC)) - start )) s"
+	  && echo "== molecule: every scenario passed in $$(( $$($(MONOTONIC)) - start )) s" \
+	  || { for f in build/molecule/*.failed; do \
+	         test -e "$$f" || continue; name=$$(basename "$$f" .failed); \
+	         echo "== $$name FAILED; its failures in build/molecule/$$name.log:"; \
+	         grep -aE '$(MOLECULE_FAILURE_LINES)' "build/molecule/$$name.log" \
+	           | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-200 | tail -n $(MOLECULE_FAILED_LINES); done; \
+	       echo "== failed: $$(cd build/molecule && ls *.failed 2>/dev/null | sed 's/\.failed$$//' | xargs)"; \
+	       exit 1; }
 
 # One scenario; its output reaches the console whole when it ends (make's --output-sync), and
 # build/molecule/NAME.log as it runs.
@@ -256,7 +267,7 @@ molecule-scenario-%:
 	@set -o pipefail; start=$$($(MONOTONIC)); echo "== molecule test -s $*"; \
 	$(ACTIVATE) molecule test -s $* 2>&1 | tee build/molecule/$*.log \
 	  && echo "== $* passed in $$(( $$($(MONOTONIC)) - start )) s" \
-	  || { echo "== $* FAILED after $$(( $$($(MONOTONIC)) - start )) s"; exit 1; }
+	  || { echo "== $* FAILED after $$(( $$($(MONOTONIC)) - start )) s"; touch build/molecule/$*.failed; exit 1; }
 
 .PHONY: artifacts
 artifacts: ## fetch the test artifacts no archive carries into .cache/artifacts (once)
