@@ -1,5 +1,5 @@
-"""The collection's filters that the roles' preflights and container checks share: what they
-call weak, public and a container, and that a role in this checkout reaches them as
+"""The collection's filters that the roles share: what they call weak, public and a container,
+the systemd sandbox of their units, and that a role in this checkout reaches them as
 stackkit.kit (ansible.cfg's collections_path), just as a role inside the built collection does.
 """
 
@@ -29,6 +29,7 @@ FILTERS = filters()
 weak_secrets = FILTERS["weak_secrets"]
 public_addresses = FILTERS["public_addresses"]
 in_container = FILTERS["in_container"]
+systemd_sandbox = FILTERS["systemd_sandbox"]
 
 
 def test_short_and_placeholder_secrets_are_weak_by_name_in_order():
@@ -83,6 +84,78 @@ def test_a_virtual_machine_or_a_container_host_is_no_container(facts):
 
 def test_missing_virtualization_facts_are_no_container():
     assert in_container({}) is False
+
+
+def directives(text: str) -> list[tuple[str, str]]:
+    return [tuple(line.split("=", 1)) for line in text.split("\n")]
+
+
+def test_the_sandbox_without_differences_is_the_unprivileged_baseline():
+    lines = directives(systemd_sandbox({}))
+    assert lines[0] == ("UMask", "0027")
+    assert ("CapabilityBoundingSet", "") in lines
+    assert ("NoNewPrivileges", "yes") in lines
+    assert ("ProtectSystem", "strict") in lines
+    assert ("MemoryDenyWriteExecute", "yes") in lines
+    assert [v for k, v in lines if k == "SystemCallFilter"] == [
+        "@system-service",
+        "~@privileged @resources",
+    ]
+    assert not {"ReadWritePaths", "IPAddressDeny", "ProcSubset"} & {k for k, _ in lines}
+    assert systemd_sandbox(None) == systemd_sandbox({})
+
+
+def test_a_units_differences_replace_drop_and_place_directives():
+    lines = directives(
+        systemd_sandbox(
+            {
+                "UMask": "0077",
+                "MemoryDenyWriteExecute": None,
+                "PrivateUsers": False,
+                "ReadWritePaths": ["/var/lib/x", "/var/log/x"],
+                "IPAddressDeny": [],
+                "SystemCallFilter": ["@system-service", "~@privileged"],
+                "Delegate": True,
+            }
+        )
+    )
+    keys = [k for k, _ in lines]
+    assert lines[0] == ("UMask", "0077")
+    assert "MemoryDenyWriteExecute" not in keys and "IPAddressDeny" not in keys
+    assert ("PrivateUsers", "no") in lines
+    # ReadWritePaths stands right after ProtectSystem, in one line.
+    assert keys[keys.index("ProtectSystem") + 1] == "ReadWritePaths"
+    assert ("ReadWritePaths", "/var/lib/x /var/log/x") in lines
+    assert [v for k, v in lines if k == "SystemCallFilter"] == ["@system-service", "~@privileged"]
+    assert lines[-1] == ("Delegate", "yes")
+
+
+@pytest.mark.parametrize("bad", [["UMask=0077"], "UMask=0077"])
+def test_the_sandbox_takes_a_mapping(bad):
+    with pytest.raises(AnsibleFilterError, match="mapping"):
+        systemd_sandbox(bad)
+
+
+def test_the_sandbox_refuses_what_is_no_directive():
+    with pytest.raises(AnsibleFilterError, match="not a systemd directive"):
+        systemd_sandbox({"umask\nExecStartPre=/bin/sh": "0077"})
+
+
+def test_every_unit_template_takes_its_sandbox_from_the_filter():
+    """The sandbox is written once: a unit template that spells out more than a few of its
+    directives by hand has copied it (drop-ins over a distribution's own sandbox that restate
+    only some essentials stay below the bar)."""
+    names = {line.split("=", 1)[0] for line in systemd_sandbox({}).split("\n")}
+    copied = {}
+    for path in ROOT.glob("roles/*/templates/etc/systemd/system/**/*.j2"):
+        by_hand = [
+            line
+            for line in path.read_text().splitlines()
+            if line.split("=", 1)[0] in names and "=" in line
+        ]
+        if len(by_hand) > 12:
+            copied[str(path.relative_to(ROOT))] = len(by_hand)
+    assert copied == {}
 
 
 def test_a_play_in_the_checkout_calls_the_filters_by_their_fqcn(tmp_path):
