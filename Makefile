@@ -25,8 +25,10 @@ MONOTONIC := python3 -c 'import time; print(int(time.monotonic()))'
 ifeq ($(INVENTORY),inventories/local)
 export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/tests/hosts/local-vault-password
 endif
-# Controller packages: a container engine, debootstrap for the local hosts' images, Python.
-APT_PACKAGES := docker.io debootstrap debian-archive-keyring python3-venv openssh-client make
+# Controller packages: what running the kit against any hosts needs (Python, SSH), and what the
+# local test hosts add (a container engine, debootstrap and Debian's keyring for their images).
+APT_PACKAGES := python3-venv openssh-client make
+LOCAL_HOSTS_APT_PACKAGES := docker.io debootstrap debian-archive-keyring
 # And for `make test` only: systemd-analyze (package systemd) to score the units the roles write,
 # Chromium for the browser test (Playwright drives the distribution's build; it downloads no
 # browser), and gpg for the unit test of the roles' signing-key checks (test_apt_keys.py).
@@ -41,9 +43,17 @@ bootstrap: controller-packages $(VENV)/.installed ## install controller packages
 
 .PHONY: controller-packages
 controller-packages:
+	@python3 -c 'import venv, ensurepip' 2>/dev/null && command -v ssh >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
+
+# The local test hosts' needs (make demo, hosts-up, images, test); a run against your own hosts
+# installs no container engine. After the packages above: two apt-get at once would contend for
+# dpkg's lock when the demo builds the virtualenv and the image together.
+.PHONY: local-hosts-packages
+local-hosts-packages: controller-packages
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
 	  && test -e /usr/share/keyrings/debian-archive-keyring.gpg || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(LOCAL_HOSTS_APT_PACKAGES); }
 
 # What `make test` needs beyond that: the test extra (molecule, the linters, testinfra, the
 # browser driver) and its controller packages.
@@ -54,8 +64,6 @@ test-tools: bootstrap $(VENV)/.test-installed
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_APT_PACKAGES); }
 
 $(VENV)/.installed: pyproject.toml | controller-packages
-	@command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e .
@@ -64,11 +72,11 @@ $(VENV)/.installed: pyproject.toml | controller-packages
 .PHONY: images
 # The image builder needs only the standard library, so it runs while the virtualenv installs.
 IMAGE_SUITES ?= trixie bookworm
-images: controller-packages ## build the Debian 13 and 12 images of the local hosts (cached by recipe)
+images: local-hosts-packages ## build the Debian 13 and 12 images of the local hosts (cached by recipe)
 	@set -e; for suite in $(IMAGE_SUITES); do python3 -m stackkit.stackhosts image --suite $$suite; done
 
 .PHONY: hosts-up
-hosts-up: bootstrap ## start local hosts: TOPOLOGY=single|multi
+hosts-up: bootstrap local-hosts-packages ## start local hosts: TOPOLOGY=single|multi
 	$(HOSTS) up --topology $(TOPOLOGY)
 
 .PHONY: hosts-down
