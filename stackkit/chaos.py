@@ -28,6 +28,7 @@ import requests
 import testinfra
 
 from stackkit import site_client  # the suites' shared client: test CA and API token
+from stackkit.alerts import ALERT_WITHIN, Alertmanager, AlertNotSeen, prove, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_VAULT_PASSWORD = ROOT / "tests" / "hosts" / "local-vault-password"
@@ -56,6 +57,48 @@ FAULTS: dict[str, tuple[str, str]] = {
 # What `make test` runs: the faults that lost products before the outbox, and restarts of the
 # cache and the document store that every accepted product must live through too.
 SHORT = ("broker-restart", "worker-kill", "db-restart", "cache-restart", "docs-restart")
+
+# Outages held until their alert fires (--alerts, on an inventory with a monitor group): name:
+# (inventory pattern, unit stopped on its first host, the alert's labels as regular expressions;
+# `instance` is added: that host). Each must reach Alertmanager within ALERT_WITHIN s of the stop
+# and be resolved within ALERT_WITHIN s of the start, while products keep streaming.
+OUTAGES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "broker-down": (
+        "broker",
+        "rabbitmq-server.service",
+        {"alertname": "ServiceDown", "name": r"rabbitmq-server\.service"},
+    ),
+    "worker-down": (
+        "worker",
+        "catalogue-worker-default.service",
+        {"alertname": "ServiceDown", "name": r"catalogue-worker-default\.service"},
+    ),
+    "db-down": (
+        "db",
+        "postgresql.service",
+        {"alertname": "ServiceDown", "name": r"postgresql@.+\.service"},
+    ),
+    "cache-down": (
+        "cache",
+        "redis-server.service",
+        {"alertname": "ServiceDown", "name": r"redis-server\.service"},
+    ),
+    "search-down": (
+        "search",
+        "elasticsearch.service",
+        {"alertname": "ServiceDown", "name": r"elasticsearch\.service"},
+    ),
+    "docs-down": (
+        "docs",
+        "mongod.service",
+        {"alertname": "ServiceDown", "name": r"mongod\.service"},
+    ),
+    "exporter-down": (
+        "all",
+        "prometheus-node-exporter.service",
+        {"alertname": "TargetDown", "job": "node"},
+    ),
+}
 
 # Runs in the app's own environment on an app host (catalogue-manage shell): reads the
 # accepted ids and refused titles from standard input, prints one JSON line of findings.
@@ -187,6 +230,15 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated, in order")
     parser.add_argument("--short", action="store_true", help=f"only {', '.join(SHORT)}")
+    parser.add_argument(
+        "--alerts",
+        nargs="?",
+        const=",".join(OUTAGES),
+        default="",
+        metavar="OUTAGES",
+        help="then hold outages until their alert fires (default: all of"
+        f" {', '.join(OUTAGES)}); needs a monitor group",
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--rate", type=float, default=5.0, help="products per second")
     parser.add_argument("--clients", type=int, default=4)
@@ -199,11 +251,42 @@ def arguments() -> argparse.Namespace:
     unknown = [f for f in args.fault_list if f not in FAULTS]
     if unknown:
         parser.error(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
+    args.outage_list = [name for name in args.alerts.split(",") if name]
+    unknown = [name for name in args.outage_list if name not in OUTAGES]
+    if unknown:
+        parser.error(f"unknown outages {unknown}; known: {', '.join(OUTAGES)}")
     return args
 
 
-def inject(args: argparse.Namespace, stream: Stream) -> None:
-    """Stream products from several clients while the faults run one after another."""
+def hold_outages(args: argparse.Namespace, manager: Alertmanager) -> dict:
+    """Each outage in turn: the unit stops, its alert must fire; it starts, the alert must be
+    resolved. Returns the seconds of each, by outage."""
+    times = {}
+    for name in args.outage_list:
+        pattern, unit, labels = OUTAGES[name]
+        victims = host_of(pattern, args.inventory)
+        if not victims:
+            print(f"  {name}: no host in {pattern}, skipped")
+            continue
+        victim = victims[0]
+        labels = {**labels, "instance": re.escape(victim.backend.host)}
+        time.sleep(args.gap)
+        fire, resolve = prove(manager, victim, unit, labels, ALERT_WITHIN)
+        times[name] = {
+            "alert": labels["alertname"],
+            "host": victim.backend.host,
+            "fire_seconds": round(fire, 1),
+            "resolve_seconds": round(resolve, 1),
+        }
+        print(f"  {name}: {labels['alertname']} fired after {fire:.1f} s, resolved {resolve:.1f} s")
+    return times
+
+
+def inject(args: argparse.Namespace, stream: Stream, manager: Alertmanager | None = None) -> dict:
+    """Stream products from several clients while the faults run one after another, then the
+    outages (with `manager`, the Alertmanager that must see each). Returns the outages' alert
+    times."""
+    alert_times: dict = {}
     interval = args.clients / args.rate
     clients = [
         threading.Thread(target=stream.run, args=(interval,), daemon=True)
@@ -220,11 +303,14 @@ def inject(args: argparse.Namespace, stream: Stream) -> None:
                 for host in host_of(pattern, args.inventory):
                     host.check_output(command)
                 print(f"  round {number}: {fault} ({time.monotonic() - started:.1f} s)")
+        if manager is not None:
+            alert_times = hold_outages(args, manager)
         time.sleep(args.gap)
     finally:
         stream.stop.set()
         for client in clients:
             client.join()
+    return alert_times
 
 
 def settle(app_host, stream: Stream, seconds: float) -> tuple[dict, float]:
@@ -278,15 +364,37 @@ def main() -> int:
         prefix=f"chaos {run}",
     )
     print(f"chaos {run}: {args.rounds} round(s) of {', '.join(args.fault_list)} at {args.rate:g}/s")
-    inject(args, stream)
+    manager = Alertmanager.of_inventory(args.inventory) if args.outage_list else None
+    if manager is not None:
+        # The stack starts quiet: an alert active now would be blamed on the first outage.
+        if not wait_for(lambda: not manager.active_names(), ALERT_WITHIN):
+            raise SystemExit(f"chaos: alerts active before any fault: {manager.active_names()}")
+        print(f"  then outages until their alert fires: {', '.join(args.outage_list)}")
+    try:
+        alert_times = inject(args, stream, manager)
+    except AlertNotSeen as error:
+        print(f"chaos {run}: FAILED ({error})", file=sys.stderr)
+        return 1
     found, settled = settle(app_host, stream, args.settle)
     images.shutdown()
     result = figures(stream, found, settled)
+    if manager is not None:
+        result["alerts"] = alert_times
+        # Recovered and settled: nothing may still be firing.
+        wait_for(lambda: not manager.active_names(), ALERT_WITHIN)
+        result["active_after"] = manager.active_names()
     print(json.dumps(result, indent=2))
     bad = [
         key
-        for key in ("lost", "not_indexed", "no_history", "duplicated", "refused_but_stored")
-        if result[key]
+        for key in (
+            "lost",
+            "not_indexed",
+            "no_history",
+            "duplicated",
+            "refused_but_stored",
+            "active_after",
+        )
+        if result.get(key)
     ]
     if bad:
         print(f"chaos {run}: FAILED ({', '.join(bad)})", file=sys.stderr)

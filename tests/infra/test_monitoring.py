@@ -6,7 +6,6 @@ stops and resolves when it runs again."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
@@ -20,39 +19,22 @@ from conftest import (
     wait_for,
 )
 
+from stackkit.alerts import ALERT_WITHIN, Alertmanager, get_json, prove
+
 testinfra_hosts = ["ansible://monitor"]
 ROLE = "monitoring"
 SERVER_UNITS = ["prometheus", "prometheus-alertmanager"]
 EXPORTER_UNIT = "prometheus-node-exporter"
-# An alert reaches Alertmanager within 90 s of the fault, and is resolved within 90 s of the
-# recovery.
-ALERT_WITHIN = 90
 # Each fault's fire and resolve times, kept by CI.
 FIGURES = ROOT / "build" / "monitoring" / "alert-times.json"
 # Prometheus reads sizes in powers of 1024 and prints them as KiB, MiB, GiB...
 SIZE_UNITS = {"B": 0, "KB": 1, "MB": 2, "GB": 3, "TB": 4, "PB": 5, "EB": 6}
 
-_GET = """
-import json, sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=10) as answer:
-    print(answer.read().decode())
-"""
-
-
-def get(host, url: str):
-    """GET a JSON API from the monitor host itself, as its operator would."""
-    return json.loads(host.check_output("python3 -c %s %s", _GET, url))
-
 
 def prometheus(host, v, path: str):
-    answer = get(host, f"http://{address_of(host)}:{v('monitoring_prometheus_port')}{path}")
+    answer = get_json(host, f"http://{address_of(host)}:{v('monitoring_prometheus_port')}{path}")
     assert answer["status"] == "success", answer
     return answer["data"]
-
-
-def alerts(host, v) -> list[dict]:
-    """The alerts Alertmanager holds now (resolved ones are not listed)."""
-    return get(host, f"http://{address_of(host)}:{v('monitoring_alertmanager_port')}/api/v2/alerts")
 
 
 def size_bytes(size: str) -> int:
@@ -185,36 +167,13 @@ def test_exporters_answer_the_monitor_hosts_only(host, v, inventory_hosts):
     )
 
 
-def firing(host, v, labels: dict[str, str]) -> bool:
-    """An alert with these labels is active in Alertmanager."""
-    return any(
-        all(alert["labels"].get(key) == value for key, value in labels.items())
-        and alert["status"]["state"] == "active"
-        for alert in alerts(host, v)
-    )
-
-
 def prove_alert(host, v, request, victim, unit: str, labels: dict[str, str]) -> None:
     """Stop `unit` on `victim`: the alert with `labels` reaches Alertmanager within
     ALERT_WITHIN s; start it again: the alert is resolved within ALERT_WITHIN s. Records both
     times."""
-    fault = f"{unit} stopped on {victim.backend.host}"
-    assert wait_for(lambda: not firing(host, v, labels), timeout=ALERT_WITHIN), (
-        f"{labels} is active before the fault"
-    )
-    try:
-        victim.check_output(f"systemctl stop {unit}")
-        stopped = time.monotonic()
-        fired = wait_for(lambda: firing(host, v, labels), ALERT_WITHIN, interval=1)
-        fire_seconds = time.monotonic() - stopped
-        assert fired, f"{fault}: {labels} did not reach Alertmanager within {ALERT_WITHIN} s"
-    finally:
-        victim.check_output(f"systemctl start {unit}")
-    started = time.monotonic()
-    resolved = wait_for(lambda: not firing(host, v, labels), ALERT_WITHIN, interval=1)
-    resolve_seconds = time.monotonic() - started
-    assert resolved, f"{fault}: {labels} still active {ALERT_WITHIN} s after the start"
-    record(request, fault, labels["alertname"], fire_seconds, resolve_seconds)
+    manager = Alertmanager(host, address_of(host), v("monitoring_alertmanager_port"))
+    fire, resolve = prove(manager, victim, unit, labels, ALERT_WITHIN)
+    record(request, f"{unit} stopped on {victim.backend.host}", labels["alertname"], fire, resolve)
 
 
 def outside_monitor_group(host, v, inventory_hosts, pattern: str) -> list:

@@ -1,0 +1,191 @@
+"""Alerts proven by faults: stop a unit, see the matching alert reach Alertmanager, start it,
+see the alert resolved; with the time each took. Shared by the monitoring suite
+(tests/infra/test_monitoring.py) and `make chaos --alerts` (stackkit/chaos.py).
+
+Alertmanager is asked from a monitor host itself, over its private address, as its operator
+would: the firewall admits no one else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+# An alert reaches Alertmanager within this many seconds of the fault, and is resolved within as
+# many of the recovery.
+ALERT_WITHIN = 90
+
+_GET = """
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as answer:
+    print(answer.read().decode())
+"""
+
+
+class AlertNotSeen(AssertionError):
+    """An alert did not fire, or did not resolve, in time."""
+
+
+def get_json(host, url: str):
+    """GET a JSON API from `host` (a testinfra host) itself."""
+    return json.loads(host.check_output("python3 -c %s %s", _GET, url))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def matches(alert: Mapping, labels: Mapping[str, str]) -> bool:
+    """An active alert whose every label in `labels` matches, each value a regular expression
+    over the whole label (as Alertmanager's `=~` matchers read it)."""
+    got = alert.get("labels", {})
+    return alert.get("status", {}).get("state") == "active" and all(
+        re.fullmatch(pattern, got.get(key, "")) for key, pattern in labels.items()
+    )
+
+
+@dataclass
+class Alertmanager:
+    """The Alertmanager of a monitor host (a testinfra host), at `address`:`port`, and that
+    host's Prometheus at `prometheus_port`."""
+
+    host: object
+    address: str
+    port: int
+    prometheus_port: int = 9090
+
+    @classmethod
+    def of_inventory(cls, inventory: str) -> Alertmanager:
+        """The first monitor host's; SystemExit when the inventory has no monitor group."""
+        import testinfra  # noqa: PLC0415 - the tooling's verify extra
+
+        from stackkit.inventory import PlayVars  # noqa: PLC0415
+
+        plays = PlayVars(inventory, vault=False)
+        names = plays.hostnames("monitor")
+        if not names:
+            raise SystemExit(f"{inventory} has no monitor group: nothing to ask about alerts")
+        name = names[0]
+        host = testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory, sudo=True)
+
+        def value(variable: str) -> int:
+            return int(plays.value(name, variable, role="monitoring"))
+
+        return cls(
+            host,
+            str(plays.render(name, "private_address", facts=False)),
+            value("monitoring_alertmanager_port"),
+            value("monitoring_prometheus_port"),
+        )
+
+    def _url(self, port: int, path: str) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{port}{path}"
+
+    def alerts(self) -> list[dict]:
+        """The alerts it holds now (resolved ones are not listed)."""
+        return get_json(self.host, self._url(self.port, "/api/v2/alerts"))
+
+    def fired_within(self, seconds: int) -> list[str]:
+        """Every alert Prometheus had firing at any evaluation of the last `seconds`."""
+        query = f'max_over_time(ALERTS{{alertstate="firing"}}[{int(seconds)}s])'
+        path = "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        answer = get_json(self.host, self._url(self.prometheus_port, path))
+        return sorted(
+            f"{r['metric'].get('alertname')}{{instance={r['metric'].get('instance', '')}}}"
+            for r in answer["data"]["result"]
+        )
+
+    def firing(self, labels: Mapping[str, str]) -> bool:
+        return any(matches(alert, labels) for alert in self.alerts())
+
+    def active_names(self) -> list[str]:
+        return sorted(
+            f"{a['labels'].get('alertname')}{{instance={a['labels'].get('instance', '')}}}"
+            for a in self.alerts()
+            if a.get("status", {}).get("state") == "active"
+        )
+
+
+def prove(
+    manager: Alertmanager,
+    victim,
+    unit: str,
+    labels: Mapping[str, str],
+    within: float = ALERT_WITHIN,
+) -> tuple[float, float]:
+    """Stop `unit` on `victim` (a testinfra host): the alert with `labels` must reach
+    Alertmanager within `within` s; start it again: the alert must be resolved within `within`
+    s. Returns (seconds to fire, seconds to resolve). The unit is started again whatever
+    happens."""
+    fault = f"{unit} stopped on {victim.backend.host}"
+    if not wait_for(lambda: not manager.firing(labels), within):
+        raise AlertNotSeen(f"{dict(labels)} is active before the fault")
+    try:
+        victim.check_output("systemctl stop %s", unit)
+        stopped = time.monotonic()
+        fired = wait_for(lambda: manager.firing(labels), within)
+        fire = time.monotonic() - stopped
+        if not fired:
+            raise AlertNotSeen(f"{fault}: {dict(labels)} did not reach Alertmanager in {within} s")
+    finally:
+        victim.check_output("systemctl start %s", unit)
+    started = time.monotonic()
+    resolved = wait_for(lambda: not manager.firing(labels), within)
+    resolve = time.monotonic() - started
+    if not resolved:
+        raise AlertNotSeen(f"{fault}: {dict(labels)} still active {within} s after the start")
+    return fire, resolve
+
+
+def seconds(duration: str) -> int:
+    """Locust's and Prometheus's durations: 90, 90s, 5m, 1h30m."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", duration.strip())
+    if not duration.strip() or not parts:
+        raise argparse.ArgumentTypeError(f"not a duration: {duration!r}")
+    hours, minutes, secs = (int(p or 0) for p in parts.groups())
+    return hours * 3600 + minutes * 60 + secs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stackkit.alerts quiet --inventory INV --window 5m`: waits ALERT_WITHIN s (an
+    alert fires a while after its cause), then exits 1 if any alert fired during the window and
+    that wait (what `make load` checks after its run)."""
+    parser = argparse.ArgumentParser(description="alerts of an inventory's monitor host")
+    parser.add_argument("check", choices=["quiet"])
+    parser.add_argument("--inventory", default="inventories/local")
+    parser.add_argument("--window", type=seconds, required=True, help="e.g. 300, 5m")
+    parser.add_argument("--wait", type=seconds, default=ALERT_WITHIN)
+    parser.add_argument(
+        "--if-monitored", action="store_true", help="pass an inventory without a monitor group"
+    )
+    args = parser.parse_args(argv)
+    if args.if_monitored:
+        from stackkit.inventory import PlayVars  # noqa: PLC0415
+
+        if not PlayVars(args.inventory, vault=False).hostnames("monitor"):
+            print(f"{args.inventory} has no monitor group: no alerts to check")
+            return 0
+    manager = Alertmanager.of_inventory(args.inventory)
+    time.sleep(args.wait)
+    span = args.window + args.wait
+    fired = manager.fired_within(span)
+    if fired:
+        print(f"alerts fired in the last {span} s: {', '.join(fired)}", file=sys.stderr)
+        return 1
+    print(f"no alert fired in the last {span} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
