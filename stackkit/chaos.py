@@ -100,29 +100,30 @@ OUTAGES: dict[str, tuple[str, str, dict[str, str]]] = {
     ),
 }
 
-# Runs in the app's own environment on an app host (catalogue-manage shell): reads the
-# accepted ids and refused titles from standard input, prints one JSON line of findings.
+# Runs in the app's own environment on an app host (catalogue-manage shell): reads the run's
+# title prefix from standard input and prints one JSON line: every product stored under it (id,
+# title), and which of them are indexed and have their history. The controller compares that
+# with what it was answered: a run's accepted ids would not fit on a command line.
 CHECK = """
 import json, sys
-from collections import Counter
 from catalogue.documents import get_store
 from catalogue.models import Product
 from catalogue.search.client import get_client
 from catalogue.search.indexer import alias_name
-want = json.loads(sys.stdin.read())
-ids, refused, prefix = want["ids"], set(want["refused"]), want["prefix"]
-rows = list(Product.objects.filter(title__startswith=prefix).values_list("id", "title"))
-titles = Counter(title for _, title in rows)
-stored = {str(pid) for pid, _ in rows}
-found = get_client().multi_get(alias_name(), ids, ["title"]) if ids else {}
+prefix = sys.stdin.read()
+rows = [(str(pid), title) for pid, title in
+        Product.objects.filter(title__startswith=prefix).values_list("id", "title")]
+ids = sorted({pid for pid, _ in rows})
+indexed = []
+for start in range(0, len(ids), 1000):
+    found = get_client().multi_get(alias_name(), ids[start:start + 1000], ["title"])
+    indexed += [pid for pid, doc in found.items() if doc is not None]
 # One pass over the history collection: a query per product is quadratic on a large one.
 histories = {d["product_id"] for d in get_store()._history().find({}, {"product_id": 1, "_id": 0})}
 print(json.dumps({
-    "stored": sorted(set(ids) & stored),
-    "indexed": sorted(pid for pid, doc in found.items() if doc is not None),
-    "history": sorted(pid for pid in ids if pid in stored and pid in histories),
-    "duplicated": sorted(t for t, n in titles.items() if n > 1),
-    "refused_stored": sorted(t for t in titles if t in refused),
+    "rows": rows,
+    "indexed": sorted(indexed),
+    "history": [pid for pid in ids if pid in histories],
 }))
 """
 
@@ -205,18 +206,27 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def check(app_host, stream: Stream) -> dict:
-    payload = json.dumps(
-        {
-            "ids": sorted(stream.accepted.values()),
-            "refused": sorted(stream.refused),
-            "prefix": stream.prefix,
-        }
-    )
+    """What the hosts hold of this run, judged against what the stream was answered."""
     command = (
-        f"printf %s {shlex.quote(payload)} | catalogue-manage shell --verbosity 0"
+        f"printf %s {shlex.quote(stream.prefix)} | catalogue-manage shell --verbosity 0"
         f" -c {shlex.quote(CHECK)}"
     )
-    return json.loads(app_host.check_output(command).splitlines()[-1])
+    held = json.loads(app_host.check_output(command).splitlines()[-1])
+    return judge(held, set(stream.accepted.values()), set(stream.refused))
+
+
+def judge(held: dict, accepted: set[str], refused: set[str]) -> dict:
+    """The accepted ids stored, indexed and with history; titles stored more than once; refused
+    titles that were stored all the same."""
+    stored = {pid for pid, _ in held["rows"]}
+    titles = Counter(title for _, title in held["rows"])
+    return {
+        "stored": sorted(accepted & stored),
+        "indexed": sorted(accepted & set(held["indexed"])),
+        "history": sorted(accepted & set(held["history"])),
+        "duplicated": sorted(t for t, n in titles.items() if n > 1),
+        "refused_stored": sorted(t for t in titles if t in refused),
+    }
 
 
 def arguments() -> argparse.Namespace:
