@@ -38,6 +38,8 @@ PORTS = [
     ("docs", "mongodb_port", 27017, "docs1"),
     ("search", "elasticsearch_proxy_port", 9200, "search1"),
     ("monitor", "monitoring_prometheus_port", 9090, "cache1"),
+    ("db", "monitoring_postgres_exporter_port", 9187, "db1"),
+    ("cache", "monitoring_redis_exporter_port", 9121, "cache1"),
 ]
 
 
