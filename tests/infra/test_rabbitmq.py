@@ -106,6 +106,22 @@ def test_amqp_listens_on_the_private_address_only(host, v):
     assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening
 
 
+def test_prometheus_endpoint_is_off_or_on_the_private_address_only(host, v):
+    """With rabbitmq_prometheus_enabled, the plugin serves metrics on the private address and
+    nowhere else; without it, the port is closed everywhere."""
+    port = v("rabbitmq_prometheus_port")
+    enabled = host.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split()
+    assert ("rabbitmq_prometheus" in enabled) == v("rabbitmq_prometheus_enabled")
+    private = host.socket(f"tcp://{address_of(host)}:{port}")
+    if v("rabbitmq_prometheus_enabled"):
+        assert wait_for(lambda: private.is_listening)
+    else:
+        assert not private.is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    assert not host.socket(f"tcp://:::{port}").is_listening
+    assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening
+
+
 def test_management_plugin_is_off_or_on_loopback(host, v):
     port = v("rabbitmq_management_port")
     enabled = host.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split()

@@ -37,6 +37,13 @@ def test_good_input_passes(tmp_path):
         ("monitoring_postgres_socket_dir", "run/postgresql", "monitoring_postgres_socket_dir"),
         ("monitoring_redis_exporter_port", 65536, "monitoring_redis_exporter_port"),
         ("monitoring_redis_exporter_user", "default", "monitoring_redis_exporter_user"),
+        ("monitoring_elasticsearch_uri", "127.0.0.1:9200", "monitoring_elasticsearch_uri"),
+        ("monitoring_rabbitmq_port", -1, "monitoring_rabbitmq_port"),
+        (
+            "monitoring_rabbitmq_queue_growth_window",
+            "15 minutes",
+            "monitoring_rabbitmq_queue_growth_window",
+        ),
     ],
     ids=lambda value: str(value),
 )
