@@ -43,6 +43,7 @@ PORTS = [
     ("cache", "monitoring_redis_exporter_port", 9121, "cache1"),
     ("search", "monitoring_elasticsearch_exporter_port", 9114, "search1"),
     ("broker", "rabbitmq_prometheus_port", 15692, "broker1"),
+    ("web", "monitoring_nginx_exporter_port", 9113, "web1"),
 ]
 
 
