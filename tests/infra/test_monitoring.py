@@ -33,7 +33,14 @@ EXPORTER_UNIT = "prometheus-node-exporter"
 TIER_EXPORTERS = [
     ("postgresql", "prometheus-postgres-exporter", "monitoring_postgres_exporter"),
     ("redis", "prometheus-redis-exporter", "monitoring_redis_exporter"),
+    ("elasticsearch", "prometheus-elasticsearch-exporter", "monitoring_elasticsearch_exporter"),
+    ("nginx", "prometheus-nginx-exporter", "monitoring_nginx_exporter"),
 ]
+# Every job scraped on the hosts of a group: the exporters above and RabbitMQ's own endpoint.
+TIER_JOBS = [(job, variable) for job, _, variable in TIER_EXPORTERS] + [
+    ("rabbitmq", "monitoring_rabbitmq")
+]
+BLACKBOX_UNIT = "prometheus-blackbox-exporter"
 # An alert reaches Alertmanager within 90 s of the fault, and is resolved within 90 s of the
 # recovery.
 ALERT_WITHIN = 90
@@ -41,6 +48,13 @@ ALERT_WITHIN = 90
 FIGURES = ROOT / "build" / "monitoring" / "alert-times.json"
 # Prometheus reads sizes in powers of 1024 and prints them as KiB, MiB, GiB...
 SIZE_UNITS = {"B": 0, "KB": 1, "MB": 2, "GB": 3, "TB": 4, "PB": 5, "EB": 6}
+
+# The body as text (the blackbox exporter's probe answers in Prometheus's text format).
+_RAW_GET = """
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=15) as answer:
+    print(answer.read().decode())
+"""
 
 _GET = """
 import json, sys, urllib.request
@@ -159,8 +173,11 @@ def test_every_inventory_host_is_scraped_and_up(host, v):
         | {("prometheus", name) for name in monitors}
         | {("alertmanager", name) for name in monitors}
     )
-    for job, _, variable in TIER_EXPORTERS:
+    for job, variable in TIER_JOBS:
         wanted |= {(job, name) for name in tier_hosts(host, v, variable)}
+    if v("monitoring_blackbox_enabled") and v("monitoring_blackbox_web_group"):
+        probed = render(host, f"groups['{v('monitoring_blackbox_web_group')}'] | default([])")
+        wanted |= {("blackbox", name) for name in probed}
     seen: dict[tuple[str, str], str] = {}
 
     def all_up() -> bool:
@@ -199,7 +216,15 @@ def test_tier_exporters_run_sandboxed_on_the_private_address(
         assert not peer.socket(f"tcp://:::{port}").is_listening, peer.backend.host
 
 
-@pytest.mark.parametrize(("job", "metric"), [("postgresql", "pg_up"), ("redis", "redis_up")])
+@pytest.mark.parametrize(
+    ("job", "metric"),
+    [
+        ("postgresql", "pg_up"),
+        ("redis", "redis_up"),
+        ("elasticsearch", "elasticsearch_cluster_health_up"),
+        ("nginx", "nginx_up"),
+    ],
+)
 def test_tier_exporters_log_in_to_their_service(host, v, job, metric):
     """The exporter reaches its service with its own account: its `up` metric is 1 on every host
     of the job."""
@@ -215,6 +240,51 @@ def test_tier_exporters_log_in_to_their_service(host, v, job, metric):
         return set(seen) == set(names) and all(value == 1 for value in seen.values())
 
     assert wait_for(logged_in, timeout=60, interval=2), seen
+
+
+def test_the_blackbox_exporter_probes_from_the_private_address(host, v):
+    """On the monitor host, sandboxed and on the private address only; it probes: a TCP probe
+    of Prometheus succeeds and one of a closed port fails."""
+    if not v("monitoring_blackbox_enabled"):
+        pytest.skip("monitoring_blackbox_enabled is false")
+    assert host.service(BLACKBOX_UNIT).is_running
+    assert host.check_output(f"ps -o user= -p {main_pid(host, BLACKBOX_UNIT)}") == "prometheus"
+    assert_sandboxed(host, BLACKBOX_UNIT, "data")
+    port = v("monitoring_blackbox_port")
+    private = address_of(host)
+    assert wait_for(lambda: host.socket(f"tcp://{private}:{port}").is_listening)
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    assert not host.socket(f"tcp://:::{port}").is_listening
+
+    def probe(target: str) -> str:
+        query = urlencode({"module": "tcp_connect", "target": target})
+        return host.check_output(
+            "python3 -c %s %s", _RAW_GET, f"http://{private}:{port}/probe?{query}"
+        )
+
+    assert "probe_success 1" in probe(f"{private}:{v('monitoring_prometheus_port')}")
+    assert "probe_success 0" in probe(f"{private}:9")
+
+
+def test_every_web_host_serves_a_verified_certificate_far_from_expiry(host, v):
+    """The blackbox probes of the public URLs succeed (verified TLS, 2xx) and no certificate is
+    within monitoring_certificate_expiry_days of its end."""
+    group = v("monitoring_blackbox_web_group")
+    names = sorted(render(host, f"groups['{group}'] | default([])")) if group else []
+    if not v("monitoring_blackbox_enabled") or not names:
+        pytest.skip("no web host is probed")
+    seen: dict[str, float] = {}
+
+    def probed() -> bool:
+        seen.clear()
+        seen.update(query(host, v, 'probe_success{job="blackbox"}'))
+        return set(seen) == set(names) and all(value == 1 for value in seen.values())
+
+    assert wait_for(probed, timeout=60, interval=2), seen
+    days = v("monitoring_certificate_expiry_days")
+    left = query(host, v, 'probe_ssl_earliest_cert_expiry{job="blackbox"} - time()')
+    assert set(left) == set(names), left
+    assert all(seconds > days * 86400 for seconds in left.values()), left
 
 
 def test_postgres_exporter_role_has_pg_monitor_only_and_no_password(v, inventory_hosts):
