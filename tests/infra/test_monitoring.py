@@ -221,7 +221,7 @@ def test_tier_exporters_run_sandboxed_on_the_private_address(
     [
         ("postgresql", "pg_up"),
         ("redis", "redis_up"),
-        ("elasticsearch", "elasticsearch_cluster_health_up"),
+        ("elasticsearch", "elasticsearch_clusterinfo_up"),
         ("nginx", "nginx_up"),
     ],
 )
