@@ -281,7 +281,7 @@ def hold_outages(args: argparse.Namespace, manager: Alertmanager) -> dict:
         victim = victims[0]
         labels = {**labels, "instance": re.escape(victim.backend.host)}
         time.sleep(args.gap)
-        fire, resolve = prove(manager, victim, unit, labels, ALERT_WITHIN)
+        fire, resolve = prove(manager, victim, unit, [labels], ALERT_WITHIN)[labels["alertname"]]
         times[name] = {
             "alert": labels["alertname"],
             "host": victim.backend.host,

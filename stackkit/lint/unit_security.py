@@ -159,6 +159,21 @@ UNITS = [
         DATA_BOUND,
         base="prometheus-node-exporter.service",
     ),
+    # One sandbox for the tiers' exporters, each over its distribution unit.
+    Unit(
+        "monitoring",
+        "tier-exporter.service.d/50-stackkit.conf.j2",
+        "prometheus-postgres-exporter.service",
+        DATA_BOUND,
+        base="prometheus-postgres-exporter.service",
+    ),
+    Unit(
+        "monitoring",
+        "tier-exporter.service.d/50-stackkit.conf.j2",
+        "prometheus-redis-exporter.service",
+        DATA_BOUND,
+        base="prometheus-redis-exporter.service",
+    ),
     Unit(
         "rabbitmq",
         "rabbitmq-server.service.d/50-stackkit.conf.j2",
@@ -196,7 +211,10 @@ def score(root: Path, unit: Unit, scratch: Path) -> tuple[float | None, int, str
     """(exposure, exit status, diagnostics) of the rendered unit; exposure None when it was not
     scored. The exit status is not 0 when the exposure is above the bound."""
     system = scratch / "etc" / "systemd" / "system"
-    target = system / (unit.template.removesuffix(".j2") if unit.base else unit.name)
+    # A drop-in lands in the directory of the unit it is scored on (one template may serve
+    # several units: the tiers' exporters share theirs).
+    dropin = Path(unit.template.removesuffix(".j2")).name
+    target = system / (f"{unit.name}.d/{dropin}" if unit.base else unit.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render(root, unit))
     if unit.base:

@@ -1,11 +1,15 @@
 """The monitoring role, on the monitor hosts: Prometheus and Alertmanager on the private address,
-every inventory host's exporter scraped and up, every alert rule loaded, exporters reachable
-from the monitor hosts only, and (on disposable hosts) an alert that fires when an exporter
-stops and resolves when it runs again."""
+every inventory host's exporter scraped and up, the tiers' exporters (PostgreSQL on the db
+hosts, Redis on the cache hosts) scraped on every host of their group and logged in with the
+least they need, every alert rule loaded, exporters reachable from the monitor hosts only, and
+(on disposable hosts) alerts that fire when an exporter or a service stops and resolve when it
+runs again."""
 
 from __future__ import annotations
 
 import json
+import shlex
+from urllib.parse import urlencode
 
 import pytest
 import yaml
@@ -16,6 +20,7 @@ from conftest import (
     main_pid,
     render,
     tcp_reachable_from,
+    var_of,
     wait_for,
 )
 
@@ -25,10 +30,29 @@ testinfra_hosts = ["ansible://monitor"]
 ROLE = "monitoring"
 SERVER_UNITS = ["prometheus", "prometheus-alertmanager"]
 EXPORTER_UNIT = "prometheus-node-exporter"
+# The tiers' exporters: (scrape job, unit, the role variables of its group and its port).
+TIER_EXPORTERS = [
+    ("postgresql", "prometheus-postgres-exporter", "monitoring_postgres_exporter"),
+    ("redis", "prometheus-redis-exporter", "monitoring_redis_exporter"),
+    ("elasticsearch", "prometheus-elasticsearch-exporter", "monitoring_elasticsearch_exporter"),
+    ("nginx", "prometheus-nginx-exporter", "monitoring_nginx_exporter"),
+]
+# Every job scraped on the hosts of a group: the exporters above and RabbitMQ's own endpoint.
+TIER_JOBS = [(job, variable) for job, _, variable in TIER_EXPORTERS] + [
+    ("rabbitmq", "monitoring_rabbitmq")
+]
+BLACKBOX_UNIT = "prometheus-blackbox-exporter"
 # Each fault's fire and resolve times, kept by CI.
 FIGURES = ROOT / "build" / "monitoring" / "alert-times.json"
 # Prometheus reads sizes in powers of 1024 and prints them as KiB, MiB, GiB...
 SIZE_UNITS = {"B": 0, "KB": 1, "MB": 2, "GB": 3, "TB": 4, "PB": 5, "EB": 6}
+
+# The body as text (the blackbox exporter's probe answers in Prometheus's text format).
+_RAW_GET = """
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=15) as answer:
+    print(answer.read().decode())
+"""
 
 
 def prometheus(host, v, path: str):
@@ -114,9 +138,16 @@ def test_the_running_prometheus_keeps_the_configured_retention(host, v):
     assert flags["web.listen-address"] == f"{address_of(host)}:{v('monitoring_prometheus_port')}"
 
 
+def tier_hosts(host, v, variable: str) -> list[str]:
+    """The inventory hosts of the group a tier's exporter runs on."""
+    group = v(f"{variable}_group")
+    return sorted(render(host, f"groups['{group}'] | default([])")) if group else []
+
+
 def test_every_inventory_host_is_scraped_and_up(host, v):
-    """The node job's targets are the inventory's hosts (none named in the configuration by
-    hand), and every target of every job answers."""
+    """The node job's targets are the inventory's hosts, each tier exporter's job's targets the
+    hosts of its group (none named in the configuration by hand), and every target of every
+    job answers."""
     wanted_nodes = set(v("monitoring_scrape_hosts"))
     monitors = set(render(host, f"groups['{v('monitoring_server_group')}']"))
     wanted = (
@@ -124,6 +155,11 @@ def test_every_inventory_host_is_scraped_and_up(host, v):
         | {("prometheus", name) for name in monitors}
         | {("alertmanager", name) for name in monitors}
     )
+    for job, variable in TIER_JOBS:
+        wanted |= {(job, name) for name in tier_hosts(host, v, variable)}
+    if v("monitoring_blackbox_enabled") and v("monitoring_blackbox_web_group"):
+        probed = render(host, f"groups['{v('monitoring_blackbox_web_group')}'] | default([])")
+        wanted |= {("blackbox", name) for name in probed}
     seen: dict[tuple[str, str], str] = {}
 
     def all_up() -> bool:
@@ -134,6 +170,159 @@ def test_every_inventory_host_is_scraped_and_up(host, v):
         return set(seen) == wanted and all(state == "up" for state in seen.values())
 
     assert wait_for(all_up, timeout=60, interval=2), f"wanted {sorted(wanted)}, got {seen}"
+
+
+def query(host, v, expression: str) -> dict[str, float]:
+    """An instant query's values by instance."""
+    data = prometheus(host, v, "/api/v1/query?" + urlencode({"query": expression}))
+    return {item["metric"].get("instance", ""): float(item["value"][1]) for item in data["result"]}
+
+
+@pytest.mark.parametrize(("job", "unit", "variable"), TIER_EXPORTERS, ids=lambda x: str(x))
+def test_tier_exporters_run_sandboxed_on_the_private_address(
+    host, v, inventory_hosts, job, unit, variable
+):
+    group = v(f"{variable}_group")
+    peers = inventory_hosts(group) if group else []
+    if not peers:
+        pytest.skip(f"no host in {variable}_group")
+    port = v(f"{variable}_port")
+    for peer in peers:
+        assert peer.service(unit).is_running, peer.backend.host
+        assert peer.service(unit).is_enabled, peer.backend.host
+        assert peer.check_output(f"ps -o user= -p {main_pid(peer, unit)}") == "prometheus"
+        assert_sandboxed(peer, unit, "data")
+        listener = peer.socket(f"tcp://{address_of(peer)}:{port}")
+        assert wait_for(lambda listener=listener: listener.is_listening), peer.backend.host
+        assert not peer.socket(f"tcp://0.0.0.0:{port}").is_listening, peer.backend.host
+        assert not peer.socket(f"tcp://:::{port}").is_listening, peer.backend.host
+
+
+@pytest.mark.parametrize(
+    ("job", "metric"),
+    [
+        ("postgresql", "pg_up"),
+        ("redis", "redis_up"),
+        ("elasticsearch", "elasticsearch_clusterinfo_up"),
+        ("nginx", "nginx_up"),
+    ],
+)
+def test_tier_exporters_log_in_to_their_service(host, v, job, metric):
+    """The exporter reaches its service with its own account: its `up` metric is 1 on every host
+    of the job."""
+    variable = next(variable for name, _, variable in TIER_EXPORTERS if name == job)
+    names = tier_hosts(host, v, variable)
+    if not names:
+        pytest.skip(f"no host runs the {job} exporter")
+    seen: dict[str, float] = {}
+
+    def logged_in() -> bool:
+        seen.clear()
+        seen.update(query(host, v, f'{metric}{{job="{job}"}}'))
+        return set(seen) == set(names) and all(value == 1 for value in seen.values())
+
+    assert wait_for(logged_in, timeout=60, interval=2), seen
+
+
+def test_the_blackbox_exporter_probes_from_the_private_address(host, v):
+    """On the monitor host, sandboxed and on the private address only; it probes: a TCP probe
+    of Prometheus succeeds and one of a closed port fails."""
+    if not v("monitoring_blackbox_enabled"):
+        pytest.skip("monitoring_blackbox_enabled is false")
+    assert host.service(BLACKBOX_UNIT).is_running
+    assert host.check_output(f"ps -o user= -p {main_pid(host, BLACKBOX_UNIT)}") == "prometheus"
+    assert_sandboxed(host, BLACKBOX_UNIT, "data")
+    port = v("monitoring_blackbox_port")
+    private = address_of(host)
+    assert wait_for(lambda: host.socket(f"tcp://{private}:{port}").is_listening)
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    assert not host.socket(f"tcp://:::{port}").is_listening
+
+    def probe(target: str) -> str:
+        query = urlencode({"module": "tcp_connect", "target": target})
+        return host.check_output(
+            "python3 -c %s %s", _RAW_GET, f"http://{private}:{port}/probe?{query}"
+        )
+
+    assert "probe_success 1" in probe(f"{private}:{v('monitoring_prometheus_port')}")
+    assert "probe_success 0" in probe(f"{private}:9")
+
+
+def test_every_web_host_serves_a_verified_certificate_far_from_expiry(host, v):
+    """The blackbox probes of the public URLs succeed (verified TLS, 2xx) and no certificate is
+    within monitoring_certificate_expiry_days of its end."""
+    group = v("monitoring_blackbox_web_group")
+    names = sorted(render(host, f"groups['{group}'] | default([])")) if group else []
+    if not v("monitoring_blackbox_enabled") or not names:
+        pytest.skip("no web host is probed")
+    seen: dict[str, float] = {}
+
+    def probed() -> bool:
+        seen.clear()
+        seen.update(query(host, v, 'probe_success{job="blackbox"}'))
+        return set(seen) == set(names) and all(value == 1 for value in seen.values())
+
+    assert wait_for(probed, timeout=60, interval=2), seen
+    days = v("monitoring_certificate_expiry_days")
+    left = query(host, v, 'probe_ssl_earliest_cert_expiry{job="blackbox"} - time()')
+    assert set(left) == set(names), left
+    assert all(seconds > days * 86400 for seconds in left.values()), left
+
+
+def test_postgres_exporter_role_has_pg_monitor_only_and_no_password(v, inventory_hosts):
+    peers = inventory_hosts(v("monitoring_postgres_exporter_group") or "none")
+    if not peers:
+        pytest.skip("no db host")
+    role = v("monitoring_postgres_exporter_role")
+    for db in peers:
+        sql = (
+            "SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication"
+            " OR r.rolbypassrls, a.rolpassword IS NULL,"
+            " (SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m"
+            "  JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid)"
+            f" FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = '{role}'"
+        )
+        row = db.check_output(
+            f"sudo -u postgres psql --no-psqlrc -XAtF' ' -d postgres -c {shlex.quote(sql)}"
+        )
+        assert row == "f t pg_monitor", f"{db.backend.host}: {row}"
+        # Over TCP it has no way in: no password, and pg_hba names it for the socket only.
+        assert db.run(f"psql -h 127.0.0.1 -U {role} -d postgres -w -c 'SELECT 1'").rc != 0
+
+
+def test_redis_exporter_user_reads_statistics_and_nothing_else(v, inventory_hosts):
+    """With the credentials the exporter uses (read on the cache host from its settings file, so
+    the password never leaves the host), INFO answers and every key, write and admin command is
+    refused; the exporter's log shows no refusal of its own."""
+    peers = inventory_hosts(v("monitoring_redis_exporter_group") or "none")
+    if not peers:
+        pytest.skip("no cache host")
+    for cache in peers:
+        port = var_of(cache, "monitoring_redis_port", ROLE)
+        ca = var_of(cache, "monitoring_redis_tls_ca_certificate", ROLE)
+        tls = f"--tls --cacert {ca}" if ca else ""
+
+        def cli(*command: str, cache=cache, port=port, tls=tls):
+            script = (
+                ". /etc/default/prometheus-redis-exporter"
+                f' && REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli {tls} -h 127.0.0.1 -p {port}'
+                f' --user "$REDIS_USER" {shlex.join(command)}'
+            )
+            return cache.run(f"sh -c {shlex.quote(script)}")
+
+        assert "redis_version" in cli("INFO", "server").stdout
+        refused = [
+            ("GET", "anything"),
+            ("SET", "anything", "1"),
+            ("KEYS", "*"),
+            ("FLUSHALL",),
+            ("CONFIG", "SET", "maxmemory", "1"),
+        ]
+        for command in refused:
+            answer = cli(*command)
+            assert "NOPERM" in answer.stdout + answer.stderr, f"{command}: {answer.stdout}"
+        log = cache.check_output("journalctl -u prometheus-redis-exporter --no-pager -o cat")
+        assert "NOPERM" not in log, log[-2000:]
 
 
 def test_every_rule_file_is_loaded_with_every_alert_healthy(host, v):
@@ -167,13 +356,39 @@ def test_exporters_answer_the_monitor_hosts_only(host, v, inventory_hosts):
     )
 
 
-def prove_alert(host, v, request, victim, unit: str, labels: dict[str, str]) -> None:
-    """Stop `unit` on `victim`: the alert with `labels` reaches Alertmanager within
-    ALERT_WITHIN s; start it again: the alert is resolved within ALERT_WITHIN s. Records both
-    times."""
+@pytest.mark.parametrize(("job", "unit", "variable"), TIER_EXPORTERS, ids=lambda x: str(x))
+def test_tier_exporters_answer_the_monitor_hosts_only(
+    host, v, inventory_hosts, job, unit, variable
+):
+    group = v(f"{variable}_group")
+    targets = inventory_hosts(group) if group else []
+    if not targets:
+        pytest.skip(f"no host in {variable}_group")
+    port = v(f"{variable}_port")
+    monitors = set(render(host, f"groups['{v('monitoring_server_group')}']"))
+    for target in targets:
+        assert tcp_reachable_from(host, address_of(target), port), target.backend.host
+        sources = [
+            peer
+            for peer in inventory_hosts("all")
+            if peer.backend.host not in monitors and peer.backend.host != target.backend.host
+        ]
+        if sources:
+            assert not tcp_reachable_from(sources[0], address_of(target), port), (
+                f"{sources[0].backend.host} reaches {target.backend.host}'s {job} exporter"
+            )
+
+
+def prove_alert(host, v, request, victim, unit: str, *label_sets: dict[str, str]) -> None:
+    """Stop `unit` on `victim`: each alert with one of `label_sets` reaches Alertmanager within
+    ALERT_WITHIN s; start it again: each is resolved within ALERT_WITHIN s. Records the times
+    of each."""
     manager = Alertmanager(host, address_of(host), v("monitoring_alertmanager_port"))
-    fire, resolve = prove(manager, victim, unit, labels, ALERT_WITHIN)
-    record(request, f"{unit} stopped on {victim.backend.host}", labels["alertname"], fire, resolve)
+    times = prove(manager, victim, unit, label_sets, ALERT_WITHIN)
+    fault = f"{unit} stopped on {victim.backend.host}"
+    for name, (fire, resolve) in times.items():
+        key = fault if len(times) == 1 else f"{fault} ({name})"
+        record(request, key, name, fire, resolve)
 
 
 def outside_monitor_group(host, v, inventory_hosts, pattern: str) -> list:
@@ -198,5 +413,8 @@ def test_a_stopped_redis_fires_service_down_and_resolves(host, v, inventory_host
     if not victims:
         pytest.skip("no cache host to stop Redis on")
     name = victims[0].backend.host
-    labels = {"alertname": "ServiceDown", "instance": name, "name": "redis-server.service"}
-    prove_alert(host, v, request, victims[0], "redis-server", labels)
+    labels = [{"alertname": "ServiceDown", "instance": name, "name": "redis-server.service"}]
+    # Where the Redis exporter runs, it sees the server gone as well.
+    if name in tier_hosts(host, v, "monitoring_redis_exporter"):
+        labels.append({"alertname": "RedisDown", "job": "redis", "instance": name})
+    prove_alert(host, v, request, victims[0], "redis-server", *labels)

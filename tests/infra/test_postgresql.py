@@ -353,14 +353,30 @@ def test_databases_belong_to_postgres_and_no_role_shapes_their_sessions(host, v)
         assert superuser_schemas == "", f"schemas named like a superuser in {name}"
 
 
-def test_only_postgres_logs_in_over_the_socket_without_a_password(host):
-    """An OS account named like a database role (the app's, say) is asked for its password."""
+def test_only_postgres_logs_in_over_the_socket_without_a_password(host, v):
+    """An OS account named like a database role (the app's, say) is asked for its password.
+    The metrics exporter's role, where there is one, comes in only through pg_ident's map of
+    its own OS account, to the postgres database."""
     rules = psql(
         host,
-        "SELECT array_to_string(user_name, ',') FROM pg_hba_file_rules"
+        "SELECT array_to_string(user_name, ',') || ' ' || array_to_string(database, ',')"
+        " || ' ' || coalesce(array_to_string(options, ','), '') FROM pg_hba_file_rules"
         " WHERE type = 'local' AND auth_method IN ('peer', 'ident', 'trust')",
     )
-    assert rules.split() == ["postgres"]
+    wanted = ["postgres all"]
+    exporter = v("postgresql_monitoring_role")
+    if exporter:
+        wanted.append(f"{exporter} postgres map=monitoring")
+    assert [line.strip() for line in rules.splitlines()] == wanted
+    ident = host.file(host.check_output("ls /etc/postgresql/*/main/pg_ident.conf"))
+    maps = [
+        line.split()
+        for line in ident.content_string.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert maps == (
+        [["monitoring", v("postgresql_monitoring_os_user"), exporter]] if exporter else []
+    )
 
 
 @pytest.mark.destructive

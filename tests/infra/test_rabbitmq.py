@@ -106,6 +106,35 @@ def test_amqp_listens_on_the_private_address_only(host, v):
     assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening
 
 
+def test_prometheus_endpoint_is_off_or_on_the_private_address_only(host, v):
+    """With rabbitmq_prometheus_enabled, the plugin serves metrics on the private address and
+    nowhere else; without it, the port is closed everywhere."""
+    port = v("rabbitmq_prometheus_port")
+    enabled = host.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split()
+    assert ("rabbitmq_prometheus" in enabled) == v("rabbitmq_prometheus_enabled")
+    private = host.socket(f"tcp://{address_of(host)}:{port}")
+    if v("rabbitmq_prometheus_enabled"):
+        assert wait_for(lambda: private.is_listening)
+        metrics = host.check_output(
+            "python3 -c %s",
+            "import urllib.request; print(urllib.request.urlopen("
+            f"'http://{address_of(host)}:{port}/metrics', timeout=10).read().decode())",
+        )
+        assert "rabbitmq_identity_info" in metrics
+        # Per object: each queue of the vhost has its own series.
+        vhost = v("rabbitmq_vhost")
+        queues = host.check_output(
+            f"rabbitmqctl --quiet list_queues --no-table-headers -p {shlex.quote(vhost)} name"
+        ).split()
+        for queue in queues:
+            assert f'queue="{queue}"' in metrics, queue
+    else:
+        assert not private.is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    assert not host.socket(f"tcp://:::{port}").is_listening
+    assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening
+
+
 def test_management_plugin_is_off_or_on_loopback(host, v):
     port = v("rabbitmq_management_port")
     enabled = host.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split()

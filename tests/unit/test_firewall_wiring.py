@@ -25,6 +25,7 @@ HOSTS = {
             "cache": {"hosts": {"cache1": {"ansible_host": "10.0.2.21"}}},
             "docs": {"hosts": {"docs1": {"ansible_host": "10.0.4.11"}}},
             "search": {"hosts": {"search1": {"ansible_host": "10.0.3.11"}}},
+            "broker": {"hosts": {"broker1": {"ansible_host": "10.0.5.11"}}},
             "monitor": {"hosts": {"cache1": {}}},
         }
     }
@@ -38,6 +39,11 @@ PORTS = [
     ("docs", "mongodb_port", 27017, "docs1"),
     ("search", "elasticsearch_proxy_port", 9200, "search1"),
     ("monitor", "monitoring_prometheus_port", 9090, "cache1"),
+    ("db", "monitoring_postgres_exporter_port", 9187, "db1"),
+    ("cache", "monitoring_redis_exporter_port", 9121, "cache1"),
+    ("search", "monitoring_elasticsearch_exporter_port", 9114, "search1"),
+    ("broker", "rabbitmq_prometheus_port", 15692, "broker1"),
+    ("web", "monitoring_nginx_exporter_port", 9113, "web1"),
 ]
 
 

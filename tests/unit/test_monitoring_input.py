@@ -1,6 +1,8 @@
 """The monitoring role's preflight refuses bad input before it changes anything, naming the
 variable: a public listen address, a retention that Prometheus would not read, a port that is
-no port, a receiver that is not defined, an inventory without monitor hosts.
+no port, a receiver that is not defined, an inventory without monitor hosts, a tier exporter's
+account that is no plain name, and a weak password for the Redis exporter on a host that runs
+it.
 
 The preflight runs on the controller (tests/unit/preflight.py), in check mode and limited to
 the preflight tag."""
@@ -30,6 +32,18 @@ def test_good_input_passes(tmp_path):
         ("monitoring_node_exporter_port", 70000, "monitoring_node_exporter_port"),
         ("monitoring_alertmanager_receiver", "pager", "monitoring_alertmanager_receiver"),
         ("monitoring_server_group", "monitor", "monitoring_server_group"),
+        ("monitoring_postgres_exporter_port", 0, "monitoring_postgres_exporter_port"),
+        ("monitoring_postgres_exporter_role", "Exporter;", "monitoring_postgres_exporter_role"),
+        ("monitoring_postgres_socket_dir", "run/postgresql", "monitoring_postgres_socket_dir"),
+        ("monitoring_redis_exporter_port", 65536, "monitoring_redis_exporter_port"),
+        ("monitoring_redis_exporter_user", "default", "monitoring_redis_exporter_user"),
+        ("monitoring_elasticsearch_uri", "127.0.0.1:9200", "monitoring_elasticsearch_uri"),
+        ("monitoring_rabbitmq_port", -1, "monitoring_rabbitmq_port"),
+        (
+            "monitoring_rabbitmq_queue_growth_window",
+            "15 minutes",
+            "monitoring_rabbitmq_queue_growth_window",
+        ),
     ],
     ids=lambda value: str(value),
 )
@@ -39,3 +53,34 @@ def test_bad_input_is_refused_naming_the_variable(tmp_path, variable, value, nam
     assert result.returncode != 0, text
     assert "preflight.yml" in text, "the refusal must come from the preflight"
     assert named in text, text[-2000:]
+
+
+# The play's only host is in the implicit group `ungrouped`: as the Redis exporter's group, it
+# makes localhost a host that runs the exporter.
+REDIS_HOST = {**GOOD, "monitoring_redis_exporter_group": "ungrouped"}
+
+
+def test_a_strong_redis_exporter_password_passes(tmp_path):
+    good = {**REDIS_HOST, "monitoring_redis_exporter_password": "unit-test-only-exporter"}
+    result = run_preflight(tmp_path, "monitoring", good)
+    assert result.returncode == 0, output(result)
+
+
+@pytest.mark.parametrize("password", ["", "short", "replace-me-with-a-long-value"])
+def test_a_weak_redis_exporter_password_is_refused_without_showing_it(tmp_path, password):
+    result = run_preflight(
+        tmp_path, "monitoring", {**REDIS_HOST, "monitoring_redis_exporter_password": password}
+    )
+    text = output(result)
+    assert result.returncode != 0, text
+    assert "monitoring_redis_exporter_password" in text, text[-2000:]
+    if password:
+        assert password not in text
+
+
+def test_a_host_without_the_redis_exporter_needs_no_password(tmp_path):
+    """The monitor host itself (not a cache host) runs with the default, empty password."""
+    result = run_preflight(
+        tmp_path, "monitoring", {**GOOD, "monitoring_redis_exporter_password": ""}
+    )
+    assert result.returncode == 0, output(result)

@@ -69,3 +69,24 @@ def test_empty_password_fails_naming_the_variable(tmp_path):
     result = run_role(tmp_path, {"postgresql_users": [{"name": "catalogue", "password": ""}]})
     assert result.returncode != 0
     assert "postgresql_users" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"postgresql_monitoring_role": "Exporter"},
+        {"postgresql_monitoring_role": "catalogue"},
+        {"postgresql_monitoring_role": "postgres"},
+        {"postgresql_monitoring_role": "postgres_exporter", "postgresql_monitoring_os_user": "a b"},
+    ],
+    ids=["upper-case", "an-app-role", "the-superuser", "bad-os-user"],
+)
+def test_bad_monitoring_role_fails_naming_the_variable(tmp_path, change):
+    result = run_role(tmp_path, change)
+    assert result.returncode != 0, result.stdout
+    assert "postgresql_monitoring_role" in result.stdout + result.stderr
+
+
+def test_a_monitoring_role_passes(tmp_path):
+    result = run_role(tmp_path, {"postgresql_monitoring_role": "postgres_exporter"})
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -189,3 +189,38 @@ def test_the_test_inventories_secrets_pass_the_preflights():
         if len(value) < 16 or value.lower().startswith("replace-")
     ]
     assert weak == []
+
+
+# With a monitoring user (the Redis exporter's ACL account), its password is checked too;
+# without one, its empty default is not.
+REDIS_MONITORING = {**ROLES["redis"], "redis_monitoring_user": "exporter"}
+
+
+def test_redis_monitoring_password_is_checked_only_with_its_user(tmp_path):
+    result = run_preflight(tmp_path, "redis", {**ROLES["redis"], "redis_monitoring_password": ""})
+    assert result.returncode == 0, output(result)
+    strong = {**REDIS_MONITORING, "redis_monitoring_password": STRONG + "-exporter"}
+    (tmp_path / "strong").mkdir()
+    result = run_preflight(tmp_path / "strong", "redis", strong)
+    assert result.returncode == 0, output(result)
+
+
+@pytest.mark.parametrize("value", [PLACEHOLDER, SHORT], ids=["placeholder", "15-characters"])
+def test_weak_redis_monitoring_password_is_refused_by_name(tmp_path, value):
+    result = run_preflight(
+        tmp_path, "redis", {**REDIS_MONITORING, "redis_monitoring_password": value}
+    )
+    assert_refused_naming(result, "redis_monitoring_password", value)
+
+
+@pytest.mark.parametrize("user", ["default", "app", "two words"])
+def test_redis_monitoring_user_must_be_an_account_of_its_own(tmp_path, user):
+    variables = {
+        **REDIS_MONITORING,
+        "redis_monitoring_user": user,
+        "redis_monitoring_password": STRONG + "-exporter",
+    }
+    result = run_preflight(tmp_path, "redis", variables)
+    text = output(result)
+    assert result.returncode != 0, text
+    assert "redis_monitoring_user" in text and "preflight.yml" in text, text[-2000:]
