@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar, trust_as_template
 
 # Exposure bounds: the app's own processes can give up nearly everything; a data service keeps
@@ -242,6 +243,9 @@ def score(root: Path, unit: Unit, scratch: Path) -> tuple[float | None, int, str
 
 def main(argv: list[str]) -> int:
     root = Path(argv[1]).resolve() if len(argv) > 1 else ROOT
+    # The templates call the collection's filters (stackkit.kit.systemd_sandbox), found as a
+    # play finds them: through the checkout's own stackkit.kit links.
+    init_plugin_loader([str(root / "playbooks" / "collections")])
     if shutil.which("systemd-analyze") is None:
         print("unit_security: systemd-analyze is missing (Debian package systemd)", file=sys.stderr)
         return 2
