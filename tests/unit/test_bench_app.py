@@ -263,3 +263,34 @@ def test_an_ingest_run_waits_for_every_batch_and_the_whole_run_to_be_searchable(
     assert f["accepted"] == 95 and f["batches"] == 5
     assert f["sample_found"] == 10 and f["end_to_end_per_s"] > 0
     assert sorted(t for ts in site.batches.values() for t in ts) == sorted(plan.batch_of)
+
+
+def test_the_report_shows_the_wrk_ratio_and_the_ingest(tmp_path):
+    pytest.importorskip("matplotlib")
+    from stackkit.bench import report  # noqa: PLC0415 - needs the bench extra
+
+    side = {"requests": 10, "seconds": 20.0, "errors": 0, "p50": 1.9, "p99": 12.0, "max": 20.0,
+            "rounds": 1.0, "load1": 1.5}  # fmt: skip
+    endpoint = {"users": 32, "requests": 10, "non_2xx": 0, "rps": 5.0, "p50": 1.0, "p95": 2.0,
+                "p99": 3.0, "max": 4.0, "history": [], "load1": 2.25}  # fmt: skip
+    ingested = {"products": 3000, "batch_size": 20, "rate": 0, "accepted_per_s": 250.0,
+                "post_p99_ms": 80.0, "stored_s": 30.0, "searchable_s": 31.0,
+                "end_to_end_per_s": 96.8, "searchable_p50_s": 0.8, "searchable_p95_s": 1.4,
+                "load1": 3.1}  # fmt: skip
+    app_json = {
+        "date": "d", "machine": "m", "label": "", "users": 32, "rate": 0, "duration": 20,
+        "endpoints": {"search": endpoint},
+        "wrk": {"connections": 16, "duration": 20, "search_host": "stack1", "endpoints": {
+            "autocomplete": {"es": {**side, "rps": 7121.0}, "web": {**side, "rps": 317.0},
+                             "ratio": 0.0445}}},
+        "ingest": ingested,
+        "ingest_paced": {**ingested, "rate": 40.0, "products": 600, "batch_size": 1},
+    }  # fmt: skip
+    (tmp_path / "app.json").write_text(json.dumps(app_json))
+    assert report.main(["--dir", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| search | 5 | 1 | 2 | 3 | 4 | 0 | 2.25 |" in text
+    assert "| autocomplete | 7121 | 1.9 | 12.0 | 317 | 1.9 | 12.0 | 4.5% | 1.5, 1.5 |" in text
+    row = "| ingest | 3000 | 20 | flat out | 250.0 | 80.0 | 30.0 | 31.0 | 96.8 | 0.80 | 1.40 |"
+    assert row in text
+    assert "| ingest paced | 600 | 1 | 40.0 |" in text
