@@ -6,7 +6,8 @@ Reads what `make bench` (converge.json), `make bench-app` (app.json, and app-*.j
 given a --label, e.g. before and after a change) and `make bench-deploy` (deploy-*.json) wrote in
 that directory, skips what is missing, and writes report.md beside PNG plots: converge time per
 tier against the floor, cold and no-op time per strategy, latency percentiles per endpoint,
-requests a second and p95 over time, and latency over time during a deploy.
+requests a second and p95 over time, Elasticsearch's own rate against the web's and their ratio,
+the ingest phases, and latency over time during a deploy.
 """
 
 from __future__ import annotations
