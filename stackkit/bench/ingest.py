@@ -192,7 +192,7 @@ def payload(titles: list[str]) -> dict:
 # -- the run against a site ----------------------------------------------------------------------
 def post_batches(url: str, session, ledger: Ledger, queue: list[int], schedule) -> None:
     """One poster: takes the next batch, waits for its slot (paced runs), posts it until the
-    API accepts it (a 429 or 503 is posted again after a short pause)."""
+    API answers other than 429 or 503 (those are posted again after a short pause)."""
     while True:
         with ledger.lock:
             if not queue:
@@ -211,10 +211,8 @@ def post_batches(url: str, session, ledger: Ledger, queue: list[int], schedule) 
             except Exception as error:  # counted, and the batch goes again
                 status, status_url = type(error).__name__, None
             ledger.posted(batch, time.monotonic(), status, status_url)
-            if status == 202:
-                break
             if status not in (429, 503):
-                return  # a refusal the bench cannot cure: reported, not retried
+                break  # accepted, or refused for a reason the bench cannot cure: reported
             time.sleep(0.2)
 
 
@@ -279,7 +277,8 @@ def run(
     watcher.start()
     for thread in threads:
         thread.join()
-    watcher.join(timeout)
+    # A batch refused for good is never done: the figures say so without waiting for it.
+    watcher.join(0 if ledger.failed else timeout)
     stop.set()
     watcher.join()
     return ledger

@@ -294,3 +294,15 @@ def test_the_report_shows_the_wrk_ratio_and_the_ingest(tmp_path):
     row = "| ingest | 3000 | 20 | flat out | 250.0 | 80.0 | 30.0 | 31.0 | 96.8 | 0.80 | 1.40 |"
     assert row in text
     assert "| ingest paced | 600 | 1 | 40.0 |" in text
+
+
+def test_an_ingest_with_a_refused_batch_stops_without_waiting_for_it():
+    class Refusing(FakeSite):
+        def post(self, url: str, json: dict, timeout: float):
+            return Answer(400, {"errors": {"products": ["At most 10 products per batch."]}})
+
+    plan = ingest.plan("bakuto", products=30, batch_size=15, sample=2)
+    ledger = ingest.run("https://site", Refusing, plan, posters=1, timeout=30, interval=0.01)
+    f = ledger.figures()
+    assert f["failed_posts"] == {"400": 2} and f["accepted"] == 0
+    assert f["end_to_end_per_s"] is None
