@@ -429,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     conn, words = prepare_wrk(args, search, results) if args.wrk else (None, [])
     followed: dict = {}
+    out = args.json or ROOT / "build" / "bench" / (
+        f"app-{args.label}.json" if args.label else "app.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
         for phase in phases:
             if phase in WRK_BEFORE and conn is not None:
@@ -442,11 +446,9 @@ def main(argv: list[str] | None = None) -> int:
                 print_ingest(phase, r)
             else:
                 results["endpoints"][phase] = locust_phase(phase, args, token, Path(tmp), followed)
+            # After each phase: a run cut short keeps what it measured.
+            out.write_text(json.dumps(results, indent=2) + "\n")
     followed_figures(followed, results)
-    out = args.json or ROOT / "build" / "bench" / (
-        f"app-{args.label}.json" if args.label else "app.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(out)
     return 1 if failed(results) else 0
