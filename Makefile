@@ -127,9 +127,16 @@ bench: images artifacts $(VENV)/.bench-installed ## floor vs cold vs no-op site.
 BENCH_USERS    ?= 32
 BENCH_DURATION ?= 20
 .PHONY: bench-app
-bench-app: $(VENV)/.bench-installed ## req/s and p50/p95/p99 per endpoint, POST to stored/searchable, through nginx
+bench-app: $(VENV)/.bench-installed bench-packages ## req/s and p50/p95/p99 per endpoint against Elasticsearch's own rate, ingest to stored/searchable
 	$(ACTIVATE) python -m stackkit.bench.app --url $(URL) --users $(BENCH_USERS) \
-	  --duration $(BENCH_DURATION) $(BENCH_ARGS)
+	  --duration $(BENCH_DURATION) --inventory $(INVENTORY) $(BENCH_ARGS)
+
+# wrk, for bench-app's like-for-like figures of the web and of Elasticsearch (stackkit/bench/wrk.py
+# installs it on the search host itself, on a disposable one only).
+.PHONY: bench-packages
+bench-packages: controller-packages
+	@command -v wrk >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
 .PHONY: bench-report
 bench-report: $(VENV)/.bench-installed ## plots and a Markdown report of the benches' figures in build/bench/

@@ -3,6 +3,8 @@ percentiles per endpoint, and how long a new product takes to be stored and to b
 
     python -m stackkit.bench.app [--url https://127.0.0.1:8443] [--users 32] [--duration 20]
                               [--phases page,autocomplete-hot,...] [--searchable 20]
+                              [--inventory inventories/local] [--connections 16] [--no-wrk]
+                              [--ingest 3000] [--paced-rate 40] [--paced-products 600]
                               [--json build/bench/app.json]
 
 Runs against a deployed stack (`make demo`). Each phase is Locust in headless mode
@@ -11,8 +13,18 @@ seconds: the page, autocomplete on a few prefixes asked again and again (answers
 cache), autocomplete on prefixes never asked before (looked up in Elasticsearch), search, and
 POST (writers held under the write rate limit). During the POST phase, products posted one at a
 time measure POST -> stored (the insert task ran) and POST -> searchable (the product's made-up
-word finds it through /api/search). Prints a table and writes JSON for `make bench-report`.
-Every product it adds is a real one; any non-2xx answer makes it exit 1.
+word finds it through /api/search).
+
+Right before the uncached autocomplete and the search phases, wrk measures Elasticsearch itself
+answering the app's own bodies for them on the search host, then the web for the same requests
+through nginx, with the same generator, connections and duration, and prints the ratio
+(stackkit/bench/wrk.py). The ingest phases post products through the batch endpoint, flat out
+and at a set rate, and time them until stored with their history and searchable
+(stackkit/bench/ingest.py). Each figure comes with the 1-minute load average at its end: on a
+shared machine the ratios of one run are the figures to compare.
+
+Prints tables and writes JSON for `make bench-report`. Every product it adds is a real one; any
+non-2xx answer, wrk error or product not done makes it exit 1.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from stackkit import site_client  # the suites' shared client: the demo's address and token
+from stackkit.bench import ingest, wrk
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).with_name("locust_app.py")
@@ -45,6 +58,15 @@ PHASES = {
     "post": "Writer",
 }
 WRITERS = 5  # users of the POST phase, each at BENCH_WRITES_PER_USER a second
+# The phases that are not Locust's, in the order they run after those.
+INGEST = ("ingest", "ingest-paced")
+# The Locust phase before which wrk measures Elasticsearch and the web for the same endpoint.
+WRK_BEFORE = {"autocomplete-cold": "autocomplete", "search": "search"}
+
+
+def load1() -> float:
+    """The 1-minute load average: other jobs share the machine's cores."""
+    return round(os.getloadavg()[0], 2)
 
 
 def word() -> str:
@@ -155,7 +177,117 @@ def locust(phase: str, args: argparse.Namespace, token: str, directory: Path) ->
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+class SearchHost:
+    """The first search host of the inventory, reached over SSH as Ansible reaches it, with
+    Elasticsearch's address there and the alias the app searches."""
+
+    def __init__(self, inventory: str) -> None:
+        from stackkit.inventory import DISPOSABLE, PlayVars  # noqa: PLC0415 - needs ansible
+        from stackkit.ssh import connection  # noqa: PLC0415
+
+        hosts = PlayVars(inventory, vault=False)
+        self.name = hosts.hostnames("search")[0]
+        app_host = (hosts.hostnames("web") or hosts.hostnames("worker"))[0]
+        self.disposable = (
+            hosts.render(self.name, f"{DISPOSABLE} | default(false) | bool", facts=False) is True
+        )
+        address = hosts.render(self.name, "elasticsearch_http_host", "elasticsearch", facts=False)
+        port = hosts.render(self.name, "elasticsearch_http_port", "elasticsearch", facts=False)
+        self.url = f"http://{address}:{port}"
+        self.alias = str(
+            hosts.render(
+                app_host,
+                "app_extra_environment.ELASTICSEARCH_ALIAS | default(app_elasticsearch_alias)",
+                "app",
+                facts=False,
+            )
+        )
+        self.batch_max = int(
+            hosts.render(
+                app_host,
+                "app_extra_environment.CATALOGUE_BATCH_MAX | default(app_batch_max)",
+                "app",
+                facts=False,
+            )
+        )
+        self._hosts = hosts
+        self._connection = connection
+
+    def connect(self):
+        return self._connection(self._hosts, self.name)
+
+
+def compare(endpoint: str, args: argparse.Namespace, search, conn, words: list[str]) -> dict:
+    """Elasticsearch on its host, then the web through nginx: the same generator, connections
+    and duration; requests a second and p50/p99 of each, and the ratio web / Elasticsearch."""
+    es = wrk.run_remote(
+        conn,
+        wrk.lua_script(endpoint, "es", f"/{search.alias}/_search", words),
+        search.url,
+        args.connections,
+        args.duration,
+    )
+    es_load = load1()
+    web = wrk.run_local(
+        wrk.lua_script(endpoint, "web", "/api/", words),
+        args.url,
+        args.connections,
+        args.duration,
+    )
+    return {
+        "es": {**es.as_dict(), "load1": es_load},
+        "web": {**web.as_dict(), "load1": load1()},
+        "ratio": round(web.rps / es.rps, 4) if es.rps else None,
+    }
+
+
+def print_compare(endpoint: str, figures: dict) -> None:
+    for side in ("es", "web"):
+        f = figures[side]
+        where = "elasticsearch" if side == "es" else "web (nginx)"
+        print(
+            f"wrk {endpoint:<13}{where:<15}{f['rps']:>9.0f}{f['p50']:>8.1f}{f['p99']:>8.1f}"
+            f"{f['errors']:>7}{f['rounds']:>7.2f}{f['load1']:>7.2f}",
+            flush=True,
+        )
+    if figures["ratio"] is not None:
+        print(f"wrk {endpoint:<13}web / elasticsearch: {figures['ratio']:.1%}", flush=True)
+
+
+def ingest_phase(phase: str, args: argparse.Namespace, token: str, batch_max: int) -> dict:
+    paced = phase == "ingest-paced"
+    products = args.paced_products if paced else args.ingest
+    batch_size = args.paced_batch if paced else (args.batch_size or batch_max)
+    plan = ingest.plan(ingest.run_word(), products, batch_size, args.ingest_sample)
+    ledger = ingest.run(
+        args.url,
+        lambda: site_client.session(token),
+        plan,
+        posters=max(args.ingest_posters, 8 if paced else 1),
+        rate=args.paced_rate if paced else 0.0,
+        timeout=args.ingest_timeout,
+    )
+    return {**ledger.figures(), "rate": args.paced_rate if paced else 0, "load1": load1()}
+
+
+def print_ingest(phase: str, r: dict) -> None:
+    def s(value, unit: str = "") -> str:
+        return "-" if value is None else f"{value}{unit}"
+
+    print(
+        f"{phase:<13} {r['products']} products in {r['batches']} POSTs of <= {r['batch_size']}"
+        + (f" at {r['rate']:g}/s" if r["rate"] else "")
+        + f": accepted {r['accepted_per_s']}/s (POST p50 {r['post_p50_ms']} ms,"
+        f" p99 {r['post_p99_ms']} ms, {r['retried_posts']} retried), stored with history"
+        f" after {s(r['stored_s'], ' s')}, all searchable after {s(r['searchable_s'], ' s')}:"
+        f" {s(r['end_to_end_per_s'])} products/s end to end; POST -> searchable"
+        f" n={r['sample_found']}/{r['sample']} p50 {s(r['searchable_p50_s'], ' s')}"
+        f" p95 {s(r['searchable_p95_s'], ' s')}; load {r['load1']:.2f}",
+        flush=True,
+    )
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=site_client.DEMO_URL)
     parser.add_argument("--users", type=int, default=32)
@@ -163,47 +295,85 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=float, default=0, help="requests a second per phase (0: flat out)"
     )
-    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--phases", default=",".join([*PHASES, *INGEST]))
     parser.add_argument("--searchable", type=int, default=20, help="products followed")
+    parser.add_argument("--inventory", default="inventories/local", help="for the search host")
+    parser.add_argument(
+        "--wrk",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Elasticsearch's own rate and the web's with wrk before the uncached phases",
+    )
+    parser.add_argument("--connections", type=int, default=16, help="wrk's, one per thread")
+    parser.add_argument("--ingest", type=int, default=3000, help="products of the ingest phase")
+    parser.add_argument("--ingest-posters", type=int, default=4, help="concurrent POSTs")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="products per POST (default: app_batch_max)"
+    )
+    parser.add_argument("--ingest-sample", type=int, default=40, help="products timed each")
+    parser.add_argument("--paced-rate", type=float, default=40.0, help="products a second")
+    parser.add_argument("--paced-products", type=int, default=600)
+    parser.add_argument("--paced-batch", type=int, default=1, help="products per paced POST")
+    parser.add_argument(
+        "--ingest-timeout", type=float, default=600.0, help="seconds to wait after the last POST"
+    )
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--json", type=Path, help="default: build/bench/app[-LABEL].json")
     args = parser.parse_args(argv)
     args.url = args.url.rstrip("/")
-    token = site_client.api_token()
-    site_client.session().get(f"{args.url}/", timeout=10).raise_for_status()
-    results: dict = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.machine()}",
-        "label": args.label,
-        "users": args.users,
-        "rate": args.rate,
+    args.phase_list = args.phases.split(",")
+    unknown = [p for p in args.phase_list if p not in PHASES and p not in INGEST]
+    if unknown:
+        parser.error(f"unknown phases {unknown}; known: {', '.join([*PHASES, *INGEST])}")
+    args.wrk = args.wrk and any(p in WRK_BEFORE for p in args.phase_list)
+    return args
+
+
+def prepare_wrk(args: argparse.Namespace, search: SearchHost, results: dict):
+    """SSH to the search host, wrk there (or refused), and the index's words to misspell."""
+    conn = search.connect()
+    try:
+        installed = wrk.ensure_wrk(conn, search.name, search.disposable)
+    except wrk.Refused as refused:
+        sys.exit(str(refused))
+    words = wrk.vocabulary(wrk.title_words(conn, search.url, search.alias))
+    results["wrk"] = {
+        "connections": args.connections,
         "duration": args.duration,
+        "search_host": search.name,
+        "wrk_on_search_host": installed,
+        "words": len(words),
         "endpoints": {},
     }
     print(
-        f"{'endpoint':<20}{'users':>6}{'requests':>9}{'non-2xx':>8}{'req/s':>8}"
-        f"{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+        f"wrk ({args.connections} connections, {args.duration} s): endpoint, side, req/s,"
+        " p50 ms, p99 ms, errors, ES requests per request, load1"
     )
-    followed: dict = {}
-    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
-        for phase in args.phases.split(","):
-            stop = threading.Event()
-            follower = None
-            if phase == "post":
-                follower = threading.Thread(
-                    target=follow_products, args=(args.url, token, args.searchable, stop, followed)
-                )
-                follower.start()
-            stats = locust(phase, args, token, Path(tmp))
-            if follower:
-                follower.join()
-            results["endpoints"][phase] = stats
-            print(
-                f"{phase:<20}{stats['users']:>6}{stats['requests']:>9}{stats['non_2xx']:>8}"
-                f"{stats['rps']:>8.0f}{stats['p50']:>8.0f}{stats['p95']:>8.0f}"
-                f"{stats['p99']:>8.0f}{stats['max']:>8.0f}",
-                flush=True,
-            )
+    return conn, words
+
+
+def locust_phase(phase: str, args: argparse.Namespace, token: str, tmp: Path, followed: dict):
+    stop = threading.Event()
+    follower = None
+    if phase == "post":
+        follower = threading.Thread(
+            target=follow_products, args=(args.url, token, args.searchable, stop, followed)
+        )
+        follower.start()
+    stats = locust(phase, args, token, tmp)
+    if follower:
+        follower.join()
+    stats["load1"] = load1()
+    print(
+        f"{phase:<20}{stats['users']:>6}{stats['requests']:>9}{stats['non_2xx']:>8}"
+        f"{stats['rps']:>8.0f}{stats['p50']:>8.0f}{stats['p95']:>8.0f}"
+        f"{stats['p99']:>8.0f}{stats['max']:>8.0f}{stats['load1']:>7.2f}",
+        flush=True,
+    )
+    return stats
+
+
+def followed_figures(followed: dict, results: dict) -> None:
     for name in ("stored", "searchable"):
         seconds = followed.get(name)
         if not seconds:
@@ -219,12 +389,69 @@ def main(argv: list[str] | None = None) -> int:
             f"POST -> {name:<12} n={r['n']:<3} p50 {r['p50']:.2f} s  p95 {r['p95']:.2f} s"
             f"  max {r['max']:.2f} s"
         )
+
+
+def failed(results: dict) -> bool:
+    """A non-2xx answer, a wrk error, or an ingest whose products were not all done."""
+    bad = any(s["non_2xx"] for s in results["endpoints"].values())
+    bad |= any(
+        side["errors"]
+        for figures in results.get("wrk", {}).get("endpoints", {}).values()
+        for side in (figures["es"], figures["web"])
+    )
+    bad |= any(
+        r["failed_posts"] or r["end_to_end_s"] is None
+        for r in (results.get(p.replace("-", "_")) for p in INGEST)
+        if r
+    )
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    token = site_client.api_token()
+    site_client.session().get(f"{args.url}/", timeout=10).raise_for_status()
+    results: dict = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.machine()}",
+        "label": args.label,
+        "users": args.users,
+        "rate": args.rate,
+        "duration": args.duration,
+        "endpoints": {},
+    }
+    phases = args.phase_list
+    needs_host = args.wrk or any(p in INGEST for p in phases)
+    search = SearchHost(args.inventory) if needs_host else None
+    print(
+        f"{'endpoint':<20}{'users':>6}{'requests':>9}{'non-2xx':>8}{'req/s':>8}"
+        f"{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}{'load1':>7}"
+    )
+    conn, words = prepare_wrk(args, search, results) if args.wrk else (None, [])
+    followed: dict = {}
     out = args.json or ROOT / "build" / "bench" / (
         f"app-{args.label}.json" if args.label else "app.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
+        for phase in phases:
+            if phase in WRK_BEFORE and conn is not None:
+                endpoint = WRK_BEFORE[phase]
+                figures = compare(endpoint, args, search, conn, words)
+                results["wrk"]["endpoints"][endpoint] = figures
+                print_compare(endpoint, figures)
+            if phase in INGEST:
+                r = ingest_phase(phase, args, token, search.batch_max)
+                results[phase.replace("-", "_")] = r
+                print_ingest(phase, r)
+            else:
+                results["endpoints"][phase] = locust_phase(phase, args, token, Path(tmp), followed)
+            # After each phase: a run cut short keeps what it measured.
+            out.write_text(json.dumps(results, indent=2) + "\n")
+    followed_figures(followed, results)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    return 1 if any(s["non_2xx"] for s in results["endpoints"].values()) else 0
+    print(out)
+    return 1 if failed(results) else 0
 
 
 if __name__ == "__main__":

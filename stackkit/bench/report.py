@@ -6,7 +6,8 @@ Reads what `make bench` (converge.json), `make bench-app` (app.json, and app-*.j
 given a --label, e.g. before and after a change) and `make bench-deploy` (deploy-*.json) wrote in
 that directory, skips what is missing, and writes report.md beside PNG plots: converge time per
 tier against the floor, cold and no-op time per strategy, latency percentiles per endpoint,
-requests a second and p95 over time, and latency over time during a deploy.
+requests a second and p95 over time, Elasticsearch's own rate against the web's and their ratio,
+the ingest phases, and latency over time during a deploy.
 """
 
 from __future__ import annotations
@@ -148,14 +149,17 @@ def app_section(runs: dict[str, dict], directory: Path) -> list[str]:
             f"{data['date']}, {data['machine']}, {data['users']} users, "
             f"{data['duration']} s per endpoint.",
             "",
-            "| endpoint | req/s | p50 ms | p95 ms | p99 ms | max ms | non-2xx |",
-            "|---|---|---|---|---|---|---|",
+            "| endpoint | req/s | p50 ms | p95 ms | p99 ms | max ms | non-2xx | load1 |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, s in data["endpoints"].items():
             lines.append(
                 f"| {name} | {s['rps']:.0f} | {s['p50']:.0f} | {s['p95']:.0f} | "
-                f"{s['p99']:.0f} | {s['max']:.0f} | {s['non_2xx']} |"
+                f"{s['p99']:.0f} | {s['max']:.0f} | {s['non_2xx']} | {s.get('load1', '-')} |"
             )
+        if data.get("wrk"):
+            lines += wrk_lines(data["wrk"])
+        lines += ingest_lines(data)
         for key in ("post_to_stored", "post_to_searchable"):
             if key in data:
                 r = data[key]
@@ -197,6 +201,54 @@ def app_section(runs: dict[str, dict], directory: Path) -> list[str]:
     top.set_title(f"over time, {label}")
     top.legend(fontsize="small")
     lines += [f"![over time]({save(fig, directory, 'app-over-time.png')})", ""]
+    return lines
+
+
+def wrk_lines(data: dict) -> list[str]:
+    """Elasticsearch's own rate for the app's bodies and the web's for the same requests."""
+    lines = [
+        "",
+        f"Elasticsearch alone on {data['search_host']} against the web through nginx, wrk with"
+        f" {data['connections']} connections for {data['duration']} s each (a search is the"
+        " app's phrase round and, when it finds nothing, its term round):",
+        "",
+        "| endpoint | ES req/s | ES p50 ms | ES p99 ms | web req/s | web p50 ms | web p99 ms "
+        "| web / ES | load1 ES, web |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in data["endpoints"].items():
+        es, web = f["es"], f["web"]
+        ratio = f"{f['ratio']:.1%}" if f["ratio"] is not None else "-"
+        lines.append(
+            f"| {name} | {es['rps']:.0f} | {es['p50']:.1f} | {es['p99']:.1f} | {web['rps']:.0f} "
+            f"| {web['p50']:.1f} | {web['p99']:.1f} | {ratio} | {es['load1']}, {web['load1']} |"
+        )
+    return lines
+
+
+def ingest_lines(data: dict) -> list[str]:
+    """Products through the batch endpoint until stored with their history and searchable."""
+    runs = {k: data[k] for k in ("ingest", "ingest_paced") if data.get(k)}
+    if not runs:
+        return []
+
+    def show(value, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "",
+        "| ingest | products | per POST | offered /s | accepted /s | POST p99 ms | stored s "
+        "| searchable s | end to end /s | POST -> searchable p50 s | p95 s | load1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in runs.items():
+        lines.append(
+            f"| {name.replace('_', ' ')} | {r['products']} | {r['batch_size']} "
+            f"| {r['rate'] or 'flat out'} | {r['accepted_per_s']} | {r['post_p99_ms']} "
+            f"| {show(r['stored_s'])} | {show(r['searchable_s'])} "
+            f"| {show(r['end_to_end_per_s'])} | {show(r['searchable_p50_s'], 2)} "
+            f"| {show(r['searchable_p95_s'], 2)} | {r['load1']} |"
+        )
     return lines
 
 
