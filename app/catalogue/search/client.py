@@ -8,6 +8,8 @@ app makes with explicit timeouts and two exception types the callers act on.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
@@ -165,9 +167,25 @@ class ElasticsearchClient:
         return self.request("GET", "_cluster/health")
 
 
-def get_client(timeout: float | None = None) -> ElasticsearchClient:
+# One HTTP session per process and thread, kept: a read reuses its thread's open connection
+# to the search hosts' TLS proxy instead of a TLS handshake (with a client certificate) each
+# time. Keyed by the process, so a forked worker never shares its parent's sockets, and by the
+# TLS settings, so other settings get a session of their own.
+_sessions = threading.local()
+
+
+def _session() -> requests.Session:
     from django.conf import settings  # noqa: PLC0415
 
+    key = (
+        os.getpid(),
+        settings.TLS_CA_FILE,
+        settings.ELASTICSEARCH_CLIENT_CERT,
+        settings.ELASTICSEARCH_CLIENT_KEY,
+    )
+    kept = getattr(_sessions, "kept", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
     session = requests.Session()
     # Behind the search hosts' TLS proxy: the server checked against the internal CA, and this
     # host's own certificate presented, since the proxy admits no client without one.
@@ -175,8 +193,17 @@ def get_client(timeout: float | None = None) -> ElasticsearchClient:
         session.verify = settings.TLS_CA_FILE
     if settings.ELASTICSEARCH_CLIENT_CERT:
         session.cert = (settings.ELASTICSEARCH_CLIENT_CERT, settings.ELASTICSEARCH_CLIENT_KEY)
+    if kept is not None:
+        kept[1].close()
+    _sessions.kept = (key, session)
+    return session
+
+
+def get_client(timeout: float | None = None) -> ElasticsearchClient:
+    from django.conf import settings  # noqa: PLC0415
+
     return ElasticsearchClient(
         settings.ELASTICSEARCH_URL,
         timeout=settings.ELASTICSEARCH_TIMEOUT if timeout is None else timeout,
-        session=session,
+        session=_session(),
     )
