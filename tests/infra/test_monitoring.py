@@ -317,6 +317,10 @@ def test_redis_exporter_user_reads_statistics_and_nothing_else(v, inventory_host
             ("KEYS", "*"),
             ("FLUSHALL",),
             ("CONFIG", "SET", "maxmemory", "1"),
+            # @connection holds these too: the exporter may neither drop nor freeze clients.
+            ("CLIENT", "KILL", "TYPE", "normal"),
+            ("CLIENT", "PAUSE", "1"),
+            ("CLIENT", "LIST"),
         ]
         for command in refused:
             answer = cli(*command)
