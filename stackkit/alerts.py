@@ -36,7 +36,8 @@ def get_json(host, url: str):
     return json.loads(host.check_output("python3 -c %s %s", _GET, url))
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
+def wait_for(condition: Callable[[], bool], timeout: float = 30, interval: float = 0.5) -> bool:
+    """Whether `condition` holds within `timeout` seconds, asked every `interval`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -130,7 +131,7 @@ def prove(
     whatever happens."""
     fault = f"{unit} stopped on {victim.backend.host}"
     for labels in label_sets:
-        if not wait_for(lambda labels=labels: not manager.firing(labels), within):
+        if not wait_for(lambda labels=labels: not manager.firing(labels), within, 1.0):
             raise AlertNotSeen(f"{dict(labels)} is active before the fault")
     fired_after: dict[str, float] = {}
     try:
@@ -138,7 +139,7 @@ def prove(
         stopped = time.monotonic()
         for labels in label_sets:
             left = max(1.0, within - (time.monotonic() - stopped))
-            if not wait_for(lambda labels=labels: manager.firing(labels), left):
+            if not wait_for(lambda labels=labels: manager.firing(labels), left, 1.0):
                 raise AlertNotSeen(
                     f"{fault}: {dict(labels)} did not reach Alertmanager in {within} s"
                 )
@@ -149,7 +150,7 @@ def prove(
     times = {}
     for labels in label_sets:
         left = max(1.0, within - (time.monotonic() - started))
-        if not wait_for(lambda labels=labels: not manager.firing(labels), left):
+        if not wait_for(lambda labels=labels: not manager.firing(labels), left, 1.0):
             raise AlertNotSeen(f"{fault}: {dict(labels)} still active {within} s after the start")
         name = labels["alertname"]
         times[name] = (fired_after[name], time.monotonic() - started)

@@ -377,7 +377,7 @@ def main() -> int:
     manager = Alertmanager.of_inventory(args.inventory) if args.outage_list else None
     if manager is not None:
         # The stack starts quiet: an alert active now would be blamed on the first outage.
-        if not wait_for(lambda: not manager.active_names(), ALERT_WITHIN):
+        if not wait_for(lambda: not manager.active_names(), ALERT_WITHIN, 1.0):
             raise SystemExit(f"chaos: alerts active before any fault: {manager.active_names()}")
         print(f"  then outages until their alert fires: {', '.join(args.outage_list)}")
     try:
@@ -391,7 +391,7 @@ def main() -> int:
     if manager is not None:
         result["alerts"] = alert_times
         # Recovered and settled: nothing may still be firing.
-        wait_for(lambda: not manager.active_names(), ALERT_WITHIN)
+        wait_for(lambda: not manager.active_names(), ALERT_WITHIN, 1.0)
         result["active_after"] = manager.active_names()
     print(json.dumps(result, indent=2))
     bad = [

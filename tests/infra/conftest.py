@@ -23,7 +23,6 @@ import select
 import shlex
 import socket
 import threading
-import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ import pytest
 import testinfra
 from fabric import Connection
 
+from stackkit.alerts import wait_for
 from stackkit.clock import clock_skew, clock_warning
 from stackkit.inventory import DISPOSABLE, PlayVars
 from stackkit.lint.unit_security import APP_BOUND, DATA_BOUND
@@ -268,15 +268,6 @@ def listeners(host) -> list[Listener]:
         address = address.strip("[]").split("%")[0]
         found.append(Listener(fields[0], address, int(port), process.group(1) if process else ""))
     return found
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 def tcp_reachable_from_controller(address: str, port: int, timeout: float = 2) -> bool:
