@@ -178,15 +178,20 @@ def query(host, v, expression: str) -> dict[str, float]:
     return {item["metric"].get("instance", ""): float(item["value"][1]) for item in data["result"]}
 
 
+def exporter_hosts(v, inventory_hosts, variable: str) -> tuple[list, int]:
+    """The hosts of an exporter's group and its port; the test is skipped without hosts."""
+    group = v(f"{variable}_group")
+    hosts = inventory_hosts(group) if group else []
+    if not hosts:
+        pytest.skip(f"no host in {variable}_group")
+    return hosts, v(f"{variable}_port")
+
+
 @pytest.mark.parametrize(("job", "unit", "variable"), TIER_EXPORTERS, ids=lambda x: str(x))
 def test_tier_exporters_run_sandboxed_on_the_private_address(
     host, v, inventory_hosts, job, unit, variable
 ):
-    group = v(f"{variable}_group")
-    peers = inventory_hosts(group) if group else []
-    if not peers:
-        pytest.skip(f"no host in {variable}_group")
-    port = v(f"{variable}_port")
+    peers, port = exporter_hosts(v, inventory_hosts, variable)
     for peer in peers:
         assert peer.service(unit).is_running, peer.backend.host
         assert peer.service(unit).is_enabled, peer.backend.host
@@ -364,11 +369,7 @@ def test_exporters_answer_the_monitor_hosts_only(host, v, inventory_hosts):
 def test_tier_exporters_answer_the_monitor_hosts_only(
     host, v, inventory_hosts, job, unit, variable
 ):
-    group = v(f"{variable}_group")
-    targets = inventory_hosts(group) if group else []
-    if not targets:
-        pytest.skip(f"no host in {variable}_group")
-    port = v(f"{variable}_port")
+    targets, port = exporter_hosts(v, inventory_hosts, variable)
     monitors = set(render(host, f"groups['{v('monitoring_server_group')}']"))
     for target in targets:
         assert tcp_reachable_from(host, address_of(target), port), target.backend.host
