@@ -29,6 +29,7 @@ import testinfra
 
 from stackkit import site_client  # the suites' shared client: test CA and API token
 from stackkit.alerts import ALERT_WITHIN, Alertmanager, AlertNotSeen, prove, wait_for
+from stackkit.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_VAULT_PASSWORD = ROOT / "tests" / "hosts" / "local-vault-password"
@@ -198,13 +199,6 @@ def host_of(pattern: str, inventory: str) -> list:
     return hosts
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def check(app_host, stream: Stream) -> dict:
     """What the hosts hold of this run, judged against what the stream was answered."""
     command = (
@@ -350,8 +344,8 @@ def figures(stream: Stream, found: dict, settled: float) -> dict:
         "no_history": len(accepted - set(found["history"])),
         "duplicated": len(found["duplicated"]),
         "refused_but_stored": len(found["refused_stored"]),
-        "post_p50_ms": round(percentile(stream.latencies, 0.50) * 1000, 1),
-        "post_p99_ms": round(percentile(stream.latencies, 0.99) * 1000, 1),
+        "post_p50_ms": round(percentile(stream.latencies, 50) * 1000, 1),
+        "post_p99_ms": round(percentile(stream.latencies, 99) * 1000, 1),
         "settled_s": round(settled, 1),
     }
 

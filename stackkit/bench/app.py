@@ -46,6 +46,7 @@ from pathlib import Path
 
 from stackkit import site_client  # the suites' shared client: the demo's address and token
 from stackkit.bench import ingest, wrk
+from stackkit.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).with_name("locust_app.py")
@@ -80,11 +81,6 @@ def until(condition, timeout: float = 60.0, interval: float = 0.05) -> float:
             return time.monotonic() - started
         time.sleep(interval)
     raise TimeoutError("condition not met")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, round(p / 100 * len(ordered)) - 1)]
 
 
 def follow_products(url: str, token: str, count: int, stop: threading.Event, out: dict) -> None:

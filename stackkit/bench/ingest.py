@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from stackkit.stats import percentile
+
 PAGE = 20  # results per page of /api/search: a sample group is at most this many products
 CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
 
@@ -27,11 +29,6 @@ CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
 def run_word(rng: random.Random | None = None) -> str:
     rng = rng or random.Random()
     return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(5))
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, round(p / 100 * len(ordered)) - 1)] if ordered else 0.0
 
 
 @dataclass
