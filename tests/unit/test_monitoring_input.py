@@ -39,6 +39,16 @@ def test_good_input_passes(tmp_path):
         ("monitoring_redis_exporter_user", "default", "monitoring_redis_exporter_user"),
         ("monitoring_elasticsearch_uri", "127.0.0.1:9200", "monitoring_elasticsearch_uri"),
         ("monitoring_rabbitmq_port", -1, "monitoring_rabbitmq_port"),
+        # nginx serves stub_status on 127.0.0.1 only, on its own port.
+        *(
+            ("monitoring_nginx_stub_status_url", url, "monitoring_nginx_stub_status_url")
+            for url in (
+                "http://[::1]:8080/stub_status",
+                "http://localhost:8080/stub_status",
+                "http://127.0.0.1/stub_status",
+                "http://10.0.0.5:8080/stub_status",
+            )
+        ),
         (
             "monitoring_rabbitmq_queue_growth_window",
             "15 minutes",
