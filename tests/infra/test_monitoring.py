@@ -305,7 +305,7 @@ def test_redis_exporter_user_reads_statistics_and_nothing_else(v, inventory_host
     for cache in peers:
         port = var_of(cache, "monitoring_redis_port", ROLE)
         ca = var_of(cache, "monitoring_redis_tls_ca_certificate", ROLE)
-        tls = f"--tls --cacert {ca}" if ca else ""
+        tls = f"--tls --cacert {ca}" if var_of(cache, "monitoring_redis_tls_enabled", ROLE) else ""
 
         def cli(*command: str, cache=cache, port=port, tls=tls):
             script = (

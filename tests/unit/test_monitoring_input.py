@@ -94,3 +94,14 @@ def test_a_host_without_the_redis_exporter_needs_no_password(tmp_path):
         tmp_path, "monitoring", {**GOOD, "monitoring_redis_exporter_password": ""}
     )
     assert result.returncode == 0, output(result)
+
+
+def test_redis_tls_without_a_ca_file_is_refused_naming_the_variable(tmp_path):
+    result = run_preflight(
+        tmp_path,
+        "monitoring",
+        {**GOOD, "monitoring_redis_tls_enabled": True, "monitoring_redis_tls_ca_certificate": ""},
+    )
+    text = output(result)
+    assert result.returncode != 0, text
+    assert "monitoring_redis_tls_ca_certificate" in text, text[-2000:]

@@ -1,0 +1,84 @@
+"""What the monitoring role writes for an inventory, with the kit's wiring
+(playbooks/group_vars): the Redis exporter speaks TLS exactly when Redis serves it.
+
+The templates are rendered on the controller with the variables a play applying the role sees
+(stackkit.inventory.PlayVars); no host is contacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from stackkit.inventory import PlayVars
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "roles" / "monitoring" / "templates"
+HOSTS = {
+    "all": {
+        "children": {
+            "cache": {"hosts": {"cache1": {"ansible_host": "10.0.2.21"}}},
+            "monitor": {"hosts": {"mon1": {"ansible_host": "10.0.9.1"}}},
+        }
+    }
+}
+SECRETS = {"vault_redis_exporter_password": "unit-test-only-exporter"}
+CA = {"vault_pki_ca_certificate": "-----BEGIN CERTIFICATE-----\nunit test\n"}
+
+
+def plays(tmp_path: Path, group_vars: dict, hosts: dict = HOSTS) -> PlayVars:
+    # A directory of its own each time: Ansible caches what it has read by path.
+    inventory = tmp_path / f"inventory{len(list(tmp_path.iterdir()))}"
+    (inventory / "group_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    for group, values in group_vars.items():
+        (inventory / "group_vars" / f"{group}.yml").write_text(yaml.safe_dump(values))
+    return PlayVars(str(inventory), vault=False)
+
+
+def render(variables: PlayVars, hostname: str, template: str) -> str:
+    path = TEMPLATES / template
+    return variables.render(
+        hostname, f"lookup('ansible.builtin.template', '{path}')", role="monitoring", facts=False
+    )
+
+
+def redis_settings(tmp_path, group_vars: dict) -> str:
+    variables = plays(tmp_path, group_vars)
+    return render(variables, "cache1", "etc/default/prometheus-redis-exporter.j2")
+
+
+def test_the_redis_exporter_speaks_tls_where_the_internal_ca_turns_redis_tls_on(tmp_path):
+    settings = redis_settings(tmp_path, {"all": {**SECRETS, **CA}})
+    assert "REDIS_ADDR=rediss://127.0.0.1:6379" in settings
+    assert "--tls-ca-cert-file=/etc/ssl/stackkit/ca.crt" in settings
+
+
+def test_the_redis_exporter_follows_redis_tls_enabled_not_the_ca(tmp_path):
+    """Redis without TLS on a site with the internal CA: the exporter speaks plain TCP."""
+    settings = redis_settings(
+        tmp_path, {"all": {**SECRETS, **CA}, "cache": {"redis_tls_enabled": False}}
+    )
+    assert "REDIS_ADDR=redis://127.0.0.1:6379" in settings
+    assert "--tls-ca-cert-file" not in settings
+
+
+def test_the_redis_exporter_speaks_tls_to_a_redis_with_tls_and_no_internal_ca(tmp_path):
+    settings = redis_settings(
+        tmp_path,
+        {
+            "all": SECRETS,
+            "cache": {
+                "redis_tls_enabled": True,
+                "redis_tls_ca_certificate": "/etc/ssl/site-ca.pem",
+            },
+        },
+    )
+    assert "REDIS_ADDR=rediss://127.0.0.1:6379" in settings
+    assert "--tls-ca-cert-file=/etc/ssl/site-ca.pem" in settings
+
+
+def test_without_tls_the_redis_exporter_speaks_plain_tcp(tmp_path):
+    settings = redis_settings(tmp_path, {"all": SECRETS})
+    assert "REDIS_ADDR=redis://127.0.0.1:6379" in settings
+    assert "--tls-ca-cert-file" not in settings
