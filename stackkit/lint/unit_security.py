@@ -2,10 +2,11 @@
 
 Each unit template is rendered with its role's defaults for a representative Debian 13 host
 and scored in a scratch root; a drop-in is scored over the distribution unit it extends (a
-copy in tests/lint/units/). The table shows the exposure of each unit (0 is the tightest
-sandbox, 10 none at all); the run fails when a unit exceeds its bound, or when a template
-with a [Service] section is missing from UNITS below. The testinfra suites assert the same
-bounds on live hosts (conftest.assert_sandboxed).
+copy in tests/lint/units/). The tiers' exporters share one drop-in: it is scored over each of
+them, as the monitoring role lists them. The table shows the exposure of each unit (0 is the
+tightest sandbox, 10 none at all); the run fails when a unit exceeds its bound, when a template
+with a [Service] section is missing from UNITS below, or when a drop-in's distribution unit has
+no copy. The testinfra suites assert the same bounds on live hosts (conftest.assert_sandboxed).
 
 Usage: python -m stackkit.lint.unit_security [ROOT]
 (needs systemd-analyze 250 or later for --offline)
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from ansible.parsing.dataloader import DataLoader
@@ -160,21 +162,6 @@ UNITS = [
         DATA_BOUND,
         base="prometheus-node-exporter.service",
     ),
-    # One sandbox for the tiers' exporters, each over its distribution unit.
-    Unit(
-        "monitoring",
-        "tier-exporter.service.d/50-stackkit.conf.j2",
-        "prometheus-postgres-exporter.service",
-        DATA_BOUND,
-        base="prometheus-postgres-exporter.service",
-    ),
-    Unit(
-        "monitoring",
-        "tier-exporter.service.d/50-stackkit.conf.j2",
-        "prometheus-redis-exporter.service",
-        DATA_BOUND,
-        base="prometheus-redis-exporter.service",
-    ),
     Unit(
         "rabbitmq",
         "rabbitmq-server.service.d/50-stackkit.conf.j2",
@@ -183,6 +170,51 @@ UNITS = [
         base="rabbitmq-server.service",
     ),
 ]
+
+
+# One drop-in for the tiers' exporters (the monitoring role's __monitoring_tier_services).
+TIER_EXPORTER = "tier-exporter.service.d/50-stackkit.conf.j2"
+
+
+@cache
+def init_filters(root: Path) -> None:
+    """The templates call the collection's filters (stackkit.kit.systemd_sandbox), found as a
+    play finds them: through the checkout's own stackkit.kit links. Once per process."""
+    init_plugin_loader([str(root / "playbooks" / "collections")])
+
+
+def role_variables(root: Path, role: str) -> dict:
+    """A role's defaults and vars, as templates to be rendered."""
+    loader = DataLoader()
+    variables: dict = {}
+    for part in ("defaults", "vars"):
+        path = root / "roles" / role / part / "main.yml"
+        if path.exists():
+            variables.update(loader.load_from_file(str(path), trusted_as_template=True) or {})
+    return variables
+
+
+def tier_exporters(root: Path) -> list[str]:
+    """The units the tier exporters' drop-in is written for, as the monitoring role lists them."""
+    init_filters(root)
+    variables = {**role_variables(root, "monitoring"), **HOST}
+    templar = Templar(loader=DataLoader(), variables=variables)
+    return list(templar.template(variables["__monitoring_tier_services"]))
+
+
+def units(root: Path = ROOT) -> list[Unit]:
+    """Every unit the roles write: UNITS, and the tier exporters' drop-in over each exporter."""
+    return UNITS + [
+        Unit(
+            "monitoring",
+            TIER_EXPORTER,
+            f"{service}.service",
+            DATA_BOUND,
+            {"item": service},
+            base=f"{service}.service",
+        )
+        for service in tier_exporters(root)
+    ]
 
 
 def unit_templates(root: Path) -> set[tuple[str, str]]:
@@ -197,15 +229,10 @@ def unit_templates(root: Path) -> set[tuple[str, str]]:
 
 def render(root: Path, unit: Unit) -> str:
     """The template as the role writes it, with the role's defaults and vars."""
-    loader = DataLoader()
-    variables: dict = {}
-    for part in ("defaults", "vars"):
-        path = root / "roles" / unit.role / part / "main.yml"
-        if path.exists():
-            variables.update(loader.load_from_file(str(path), trusted_as_template=True) or {})
-    variables.update(HOST, **unit.variables)
+    init_filters(root)
+    variables = {**role_variables(root, unit.role), **HOST, **unit.variables}
     source = (root / "roles" / unit.role / TEMPLATES / unit.template).read_text()
-    return Templar(loader=loader, variables=variables).template(trust_as_template(source))
+    return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(source))
 
 
 def score(root: Path, unit: Unit, scratch: Path) -> tuple[float | None, int, str]:
@@ -243,18 +270,24 @@ def score(root: Path, unit: Unit, scratch: Path) -> tuple[float | None, int, str
 
 def main(argv: list[str]) -> int:
     root = Path(argv[1]).resolve() if len(argv) > 1 else ROOT
-    # The templates call the collection's filters (stackkit.kit.systemd_sandbox), found as a
-    # play finds them: through the checkout's own stackkit.kit links.
-    init_plugin_loader([str(root / "playbooks" / "collections")])
+    init_filters(root)
     if shutil.which("systemd-analyze") is None:
         print("unit_security: systemd-analyze is missing (Debian package systemd)", file=sys.stderr)
         return 2
+    scored = units(root)
     problems = [
         f"{role}: {template} has a [Service] section but no entry in UNITS ({__file__})"
-        for role, template in sorted(unit_templates(root) - {(u.role, u.template) for u in UNITS})
+        for role, template in sorted(unit_templates(root) - {(u.role, u.template) for u in scored})
     ]
     rows = []
-    for unit in UNITS:
+    for unit in scored:
+        if unit.base and not (UNITS_DIR / unit.base).is_file():
+            problems.append(
+                f"{unit.name}: no copy of the distribution's unit in {UNITS_DIR} to score the"
+                " drop-in over (Debian 13's, with the header the others carry)"
+            )
+            rows.append((unit.role, unit.label, None, unit.bound))
+            continue
         with tempfile.TemporaryDirectory(prefix="unit-security-") as scratch:
             exposure, status, diagnostics = score(root, unit, Path(scratch))
         if exposure is None:

@@ -43,8 +43,26 @@ def test_every_template_carries_the_managed_header(template):
 
 def test_every_unit_template_is_scored_for_its_sandbox():
     """`make lint` scores each unit in unit_security.UNITS: a new unit cannot slip past it."""
-    scored = {(unit.role, unit.template) for unit in unit_security.UNITS}
+    scored = {(unit.role, unit.template) for unit in unit_security.units(ROOT)}
     assert unit_security.unit_templates(ROOT) == scored
+
+
+def test_every_exporter_the_monitoring_role_sandboxes_is_scored():
+    """The tiers' exporters share one drop-in; each is scored over its own distribution unit,
+    so a new exporter in the role's list is scored with no edit of the lint."""
+    services = unit_security.tier_exporters(ROOT)
+    assert {
+        "prometheus-postgres-exporter",
+        "prometheus-redis-exporter",
+        "prometheus-elasticsearch-exporter",
+        "prometheus-nginx-exporter",
+        "prometheus-blackbox-exporter",
+    } <= set(services)
+    scored = {unit.name: unit for unit in unit_security.units(ROOT)}
+    for service in services:
+        unit = scored[f"{service}.service"]
+        assert unit.template == unit_security.TIER_EXPORTER
+        assert (unit_security.UNITS_DIR / unit.base).is_file(), unit.base
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
