@@ -65,6 +65,18 @@ def test_every_exporter_the_monitoring_role_sandboxes_is_scored():
         assert (unit_security.UNITS_DIR / unit.base).is_file(), unit.base
 
 
+def test_only_the_peer_authenticated_exporter_drops_private_users():
+    """PostgreSQL's peer authentication needs the exporter's real uid; the others keep
+    PrivateUsers like every other unit."""
+    for service in unit_security.tier_exporters(ROOT):
+        unit = next(u for u in unit_security.units(ROOT) if u.name == f"{service}.service")
+        directives = unit_security.render(ROOT, unit).splitlines()
+        if service == "prometheus-postgres-exporter":
+            assert not [line for line in directives if line.startswith("PrivateUsers=")]
+        else:
+            assert "PrivateUsers=yes" in directives, service
+
+
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
 def test_roles_do_not_pull_in_other_roles(role):
     meta = yaml.safe_load((role / "meta" / "main.yml").read_text())
