@@ -47,16 +47,19 @@ PORTS = [
 ]
 
 
-def firewall_ports(tmp_path: Path, hostname: str, group_vars: dict) -> set[int]:
+def firewall_rules(tmp_path: Path, hostname: str, group_vars: dict, hosts=HOSTS) -> list[dict]:
     # A directory of its own each time: Ansible caches what it has read by path.
     inventory = tmp_path / f"inventory{len(list(tmp_path.iterdir()))}"
     (inventory / "group_vars").mkdir(parents=True)
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(HOSTS))
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     for group, values in group_vars.items():
         (inventory / "group_vars" / f"{group}.yml").write_text(yaml.safe_dump(values))
     plays = PlayVars(str(inventory), vault=False)
-    rules = plays.value(hostname, "common_firewall_allowed_stack", role="common")
-    return {int(rule["port"]) for rule in rules}
+    return plays.value(hostname, "common_firewall_allowed_stack", role="common")
+
+
+def firewall_ports(tmp_path: Path, hostname: str, group_vars: dict) -> set[int]:
+    return {int(rule["port"]) for rule in firewall_rules(tmp_path, hostname, group_vars)}
 
 
 @pytest.mark.parametrize(("group", "name", "default", "host"), PORTS)
@@ -77,3 +80,30 @@ def test_the_role_defaults_are_the_rules_defaults():
             if name in yaml.safe_load((role / "defaults/main.yml").read_text() or "{}")
         )
         assert yaml.safe_load((role / "defaults/main.yml").read_text())[name] == default, name
+
+
+def firewall_sources(tmp_path: Path, group_vars: dict, hosts=HOSTS) -> dict[int, list[str]]:
+    """The sources each port of web1 admits."""
+    rules = firewall_rules(tmp_path, "web1", group_vars, hosts)
+    return {int(rule["port"]): [str(source) for source in rule["sources"]] for rule in rules}
+
+
+def test_nginx_admits_anyone_by_default(tmp_path):
+    sources = firewall_sources(tmp_path, {})
+    assert sources[80] == ["any"]
+    assert sources[443] == ["any"]
+
+
+def test_behind_a_balancer_https_admits_the_monitor_hosts_probe(tmp_path):
+    """With stack_public_sources limited to a load balancer, the monitor hosts' blackbox
+    exporter must still reach each web host's HTTPS port; plain HTTP (a redirect) stays the
+    balancer's."""
+    sources = firewall_sources(tmp_path, {"web": {"stack_public_sources": ["192.0.2.10"]}})
+    assert sources[80] == ["192.0.2.10"]
+    assert sources[443] == ["192.0.2.10", "10.0.2.21"]  # cache1 is the monitor host
+
+
+def test_without_a_monitor_group_https_admits_the_balancer_only(tmp_path):
+    hosts = {"all": {"children": {**HOSTS["all"]["children"], "monitor": {"hosts": {}}}}}
+    sources = firewall_sources(tmp_path, {"web": {"stack_public_sources": ["192.0.2.10"]}}, hosts)
+    assert sources[443] == ["192.0.2.10"]
