@@ -1,5 +1,7 @@
 """What the monitoring role writes for an inventory, with the kit's wiring
-(playbooks/group_vars): the Redis exporter speaks TLS exactly when Redis serves it.
+(playbooks/group_vars): the Redis exporter speaks TLS exactly when Redis serves it, and the
+blackbox probes and their modules agree on each web
+host's server name.
 
 The templates are rendered on the controller with the variables a play applying the role sees
 (stackkit.inventory.PlayVars); no host is contacted."""
@@ -82,3 +84,54 @@ def test_without_tls_the_redis_exporter_speaks_plain_tcp(tmp_path):
     settings = redis_settings(tmp_path, {"all": SECRETS})
     assert "REDIS_ADDR=redis://127.0.0.1:6379" in settings
     assert "--tls-ca-cert-file" not in settings
+
+
+WEB_HOSTS = {
+    "all": {
+        "children": {
+            "monitor": HOSTS["all"]["children"]["monitor"],
+            "web": {
+                "hosts": {
+                    "web1": {
+                        "ansible_host": "10.0.1.11",
+                        "nginx_server_names": ["shop.example.com", "www.example.com"],
+                    },
+                    "web2": {"ansible_host": "10.0.1.12", "nginx_tls_port": 8443},
+                    "web3": {
+                        "ansible_host": "10.0.1.13",
+                        "nginx_server_names": ["shop.example.com"],
+                    },
+                }
+            },
+        }
+    }
+}
+
+
+def test_each_probe_uses_the_module_of_its_hosts_server_name(tmp_path):
+    """One module per distinct server name (the host's first nginx_server_names entry, else its
+    inventory name); each web host's probe names the module of its own server name."""
+    variables = plays(tmp_path, {}, WEB_HOSTS)
+    modules = yaml.safe_load(render(variables, "mon1", "etc/prometheus/blackbox.yml.j2"))
+    names = {
+        module: settings["http"]["tls_config"]["server_name"]
+        for module, settings in modules["modules"].items()
+        if module.startswith("https_")
+    }
+    assert names == {"https_1": "shop.example.com", "https_2": "web2"}
+    for name, settings in modules["modules"].items():
+        if name.startswith("https_"):
+            assert settings["http"]["headers"]["Host"] == names[name]
+    config = yaml.safe_load(render(variables, "mon1", "etc/prometheus/prometheus.yml.j2"))
+    job = next(job for job in config["scrape_configs"] if job["job_name"] == "blackbox")
+    probes = {
+        entry["labels"]["instance"]: (entry["targets"], entry["labels"]["__param_module"])
+        for entry in job["static_configs"]
+    }
+    assert probes == {
+        "web1": (["https://10.0.1.11:443/"], "https_1"),
+        "web2": (["https://10.0.1.12:8443/"], "https_2"),
+        "web3": (["https://10.0.1.13:443/"], "https_1"),
+    }
+    for entry in job["static_configs"]:
+        assert names[entry["labels"]["__param_module"]] == entry["labels"]["server_name"]
