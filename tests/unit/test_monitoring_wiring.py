@@ -1,6 +1,6 @@
 """What the monitoring role writes for an inventory, with the kit's wiring
-(playbooks/group_vars): the Redis exporter speaks TLS exactly when Redis serves it, and the
-blackbox probes and their modules agree on each web
+(playbooks/group_vars): the Redis exporter speaks TLS exactly when Redis serves it, the
+exporters' accounts are named once, and the blackbox probes and their modules agree on each web
 host's server name.
 
 The templates are rendered on the controller with the variables a play applying the role sees
@@ -84,6 +84,35 @@ def test_without_tls_the_redis_exporter_speaks_plain_tcp(tmp_path):
     settings = redis_settings(tmp_path, {"all": SECRETS})
     assert "REDIS_ADDR=redis://127.0.0.1:6379" in settings
     assert "--tls-ca-cert-file" not in settings
+
+
+def test_the_services_create_the_accounts_the_exporters_log_in_as(tmp_path):
+    """The wiring names each exporter's account once: a site that renames it renames the role
+    PostgreSQL creates and the ACL user Redis creates with it."""
+    hosts = {
+        "all": {
+            "children": {
+                **HOSTS["all"]["children"],
+                "db": {"hosts": {"db1": {"ansible_host": "10.0.2.11"}}},
+            }
+        }
+    }
+    renamed = {
+        "all": SECRETS,
+        "db": {"monitoring_postgres_exporter_role": "site_exporter"},
+        "cache": {"monitoring_redis_exporter_user": "site-exporter"},
+    }
+    variables = plays(tmp_path, renamed, hosts)
+    assert variables.value("db1", "postgresql_monitoring_role") == "site_exporter"
+    assert variables.value("cache1", "redis_monitoring_user") == "site-exporter"
+    assert variables.value("cache1", "redis_monitoring_password") == "unit-test-only-exporter"
+
+
+def test_without_a_monitor_group_no_account_is_created(tmp_path):
+    hosts = {"all": {"children": {"cache": HOSTS["all"]["children"]["cache"]}}}
+    variables = plays(tmp_path, {}, hosts)
+    assert variables.value("cache1", "redis_monitoring_user") == ""
+    assert variables.value("cache1", "redis_monitoring_password") == ""
 
 
 WEB_HOSTS = {
