@@ -138,10 +138,23 @@ def test_the_running_prometheus_keeps_the_configured_retention(host, v):
     assert flags["web.listen-address"] == f"{address_of(host)}:{v('monitoring_prometheus_port')}"
 
 
-def tier_hosts(host, v, variable: str) -> list[str]:
-    """The inventory hosts of the group a tier's exporter runs on."""
+# Jobs scraped only on the hosts of their group where a variable turns their endpoint on.
+SWITCHES = {"rabbitmq": "rabbitmq_prometheus_enabled"}
+
+
+def tier_hosts(host, v, variable: str, job: str = "") -> list[str]:
+    """The inventory hosts of the group a tier's exporter runs on (for a job with a switch,
+    those where it is on)."""
     group = v(f"{variable}_group")
-    return sorted(render(host, f"groups['{group}'] | default([])")) if group else []
+    names = sorted(render(host, f"groups['{group}'] | default([])")) if group else []
+    if job in SWITCHES:
+        switch = SWITCHES[job]
+        names = [
+            name
+            for name in names
+            if render(host, f"hostvars[{name!r}].{switch} | default(false) | bool")
+        ]
+    return names
 
 
 def test_every_inventory_host_is_scraped_and_up(host, v):
@@ -156,7 +169,7 @@ def test_every_inventory_host_is_scraped_and_up(host, v):
         | {("alertmanager", name) for name in monitors}
     )
     for job, variable in TIER_JOBS:
-        wanted |= {(job, name) for name in tier_hosts(host, v, variable)}
+        wanted |= {(job, name) for name in tier_hosts(host, v, variable, job)}
     if v("monitoring_blackbox_enabled") and v("monitoring_blackbox_web_group"):
         probed = render(host, f"groups['{v('monitoring_blackbox_web_group')}'] | default([])")
         wanted |= {("blackbox", name) for name in probed}

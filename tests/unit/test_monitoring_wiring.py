@@ -164,3 +164,39 @@ def test_each_probe_uses_the_module_of_its_hosts_server_name(tmp_path):
     }
     for entry in job["static_configs"]:
         assert names[entry["labels"]["__param_module"]] == entry["labels"]["server_name"]
+
+
+def scraped(tmp_path, brokers: dict, group_vars: dict | None = None) -> dict[str, list[str]]:
+    """The instances of each job of the monitor host's configuration."""
+    hosts = {
+        "all": {
+            "children": {
+                "monitor": HOSTS["all"]["children"]["monitor"],
+                "broker": {"hosts": brokers},
+            }
+        }
+    }
+    variables = plays(tmp_path, group_vars or {}, hosts)
+    config = yaml.safe_load(render(variables, "mon1", "etc/prometheus/prometheus.yml.j2"))
+    return {
+        job["job_name"]: [entry["labels"]["instance"] for entry in job["static_configs"]]
+        for job in config["scrape_configs"]
+    }
+
+
+def test_the_brokers_are_scraped_where_the_wiring_turns_their_plugin_on(tmp_path):
+    brokers = {"broker1": {"ansible_host": "10.0.5.11"}, "broker2": {"ansible_host": "10.0.5.12"}}
+    assert scraped(tmp_path, brokers)["rabbitmq"] == ["broker1", "broker2"]
+
+
+def test_a_broker_without_the_prometheus_plugin_is_not_scraped(tmp_path):
+    """rabbitmq_prometheus_enabled false: nothing listens on the port, so no target (which
+    would stay down and fire TargetDown) and, with no broker left, no job."""
+    brokers = {
+        "broker1": {"ansible_host": "10.0.5.11", "rabbitmq_prometheus_enabled": False},
+        "broker2": {"ansible_host": "10.0.5.12"},
+    }
+    assert scraped(tmp_path, brokers)["rabbitmq"] == ["broker2"]
+    jobs = scraped(tmp_path, brokers, {"broker": {"rabbitmq_prometheus_enabled": False}})
+    assert "rabbitmq" not in jobs
+    assert "node" in jobs
