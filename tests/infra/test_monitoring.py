@@ -8,7 +8,11 @@ runs again."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -42,6 +46,7 @@ TIER_JOBS = [(job, variable) for job, _, variable in TIER_EXPORTERS] + [
     ("rabbitmq", "monitoring_rabbitmq")
 ]
 BLACKBOX_UNIT = "prometheus-blackbox-exporter"
+BIN = Path(sys.executable).parent
 # Each fault's fire and resolve times, kept by CI.
 FIGURES = ROOT / "build" / "monitoring" / "alert-times.json"
 # Prometheus reads sizes in powers of 1024 and prints them as KiB, MiB, GiB...
@@ -306,6 +311,42 @@ def test_postgres_exporter_role_has_pg_monitor_only_and_no_password(v, inventory
         assert row == "f t pg_monitor", f"{db.backend.host}: {row}"
         # Over TCP it has no way in: no password, and pg_hba names it for the socket only.
         assert db.run(f"psql -h 127.0.0.1 -U {role} -d postgres -w -c 'SELECT 1'").rc != 0
+
+
+@pytest.mark.destructive
+def test_a_password_set_on_the_exporters_role_by_hand_is_cleared(v, inventory_hosts, tmp_path):
+    """The exporter's role has no password by design. One set behind Ansible's back is gone
+    after the next run of the postgresql role (its configure tasks), so no password login can
+    work; the host is left as it was either way."""
+    peers = inventory_hosts(v("monitoring_postgres_exporter_group") or "none")
+    if not peers:
+        pytest.skip("no db host")
+    db, role = peers[0], v("monitoring_postgres_exporter_role")
+
+    def psql(sql: str) -> str:
+        return db.check_output(
+            f"sudo -u postgres psql --no-psqlrc -XAt -d postgres -c {shlex.quote(sql)}"
+        )
+
+    cleared = f"SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = '{role}'"
+    psql(f"ALTER ROLE {role} PASSWORD 'stale-password-0123456789'")
+    assert psql(cleared) == "f"
+    playbook = tmp_path / "postgresql.yml"
+    playbook.write_text(
+        f"- name: Converge the database\n  hosts: {db.backend.host}\n  become: true\n"
+        "  roles: [postgresql]\n"
+    )
+    try:
+        run = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", db.backend.ansible_inventory, str(playbook),
+             "--tags", "postgresql_configure"],
+            cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+            env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_ROLES_PATH": str(ROOT / "roles")},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert psql(cleared) == "t"
+    finally:
+        psql(f"ALTER ROLE {role} PASSWORD NULL")
 
 
 def test_redis_exporter_user_reads_statistics_and_nothing_else(v, inventory_hosts):
