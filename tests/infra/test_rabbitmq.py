@@ -26,6 +26,8 @@ BIN = Path(sys.executable).parent
 # RabbitMQ reads kB/MB/GB as powers of 1000 and k/M/G/kiB/MiB/GiB as powers of 1024.
 UNITS = {"": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "k": 2**10, "kiB": 2**10}
 UNITS |= {"M": 2**20, "MiB": 2**20, "G": 2**30, "GiB": 2**30}
+# A page as text, fetched on the host itself.
+_GET = "import sys, urllib.request as r; print(r.urlopen(sys.argv[1], timeout=10).read().decode())"
 
 
 def amqp(peer, broker, v, action: str, queue: str, user=None, password=None, vhost=None):
@@ -115,24 +117,46 @@ def test_prometheus_endpoint_is_off_or_on_the_private_address_only(host, v):
     private = host.socket(f"tcp://{address_of(host)}:{port}")
     if v("rabbitmq_prometheus_enabled"):
         assert wait_for(lambda: private.is_listening)
-        metrics = host.check_output(
-            "python3 -c %s",
-            "import urllib.request; print(urllib.request.urlopen("
-            f"'http://{address_of(host)}:{port}/metrics', timeout=10).read().decode())",
-        )
-        assert "rabbitmq_identity_info" in metrics
-        # Per object: each queue of the vhost has its own series.
-        vhost = v("rabbitmq_vhost")
-        queues = host.check_output(
-            f"rabbitmqctl --quiet list_queues --no-table-headers -p {shlex.quote(vhost)} name"
-        ).split()
-        for queue in queues:
-            assert f'queue="{queue}"' in metrics, queue
+        assert "rabbitmq_identity_info" in prometheus_metrics(host, v)
     else:
         assert not private.is_listening
     assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
     assert not host.socket(f"tcp://:::{port}").is_listening
     assert not host.socket(f"tcp://127.0.0.1:{port}").is_listening
+
+
+def prometheus_metrics(host, v) -> str:
+    """The plugin's /metrics, read on the broker from its private address."""
+    url = f"http://{address_of(host)}:{v('rabbitmq_prometheus_port')}/metrics"
+    return host.check_output("python3 -c %s %s", _GET, url)
+
+
+@pytest.mark.destructive
+def test_the_prometheus_endpoint_has_series_per_queue(host, v, app_host, inventory_hosts):
+    """A queue declared as the app does gets its own series, labelled with its vhost: what
+    RabbitMQQueueGrowing reads. (A fresh broker has no queue: one is declared here.) In a
+    cluster the node that holds the queue reports it: any broker's endpoint may."""
+    if not v("rabbitmq_prometheus_enabled"):
+        pytest.skip("rabbitmq_prometheus_enabled is false")
+    queue, vhost = "stackkit.probe.metrics", v("rabbitmq_vhost")
+    assert amqp(app_host, host, v, "declare", queue)["connected"]
+    labels = (f'vhost="{vhost}"', f'queue="{queue}"')
+    seen: list[str] = []
+
+    def listed() -> bool:
+        seen[:] = [
+            line
+            for broker in inventory_hosts("broker")
+            for line in prometheus_metrics(broker, v).splitlines()
+            if queue in line
+        ]
+        return any(
+            line.startswith("rabbitmq_queue_messages_ready{") and all(x in line for x in labels)
+            for line in seen
+        )
+
+    # The plugin collects queue statistics every few seconds.
+    assert wait_for(listed, 60), seen[:10]
 
 
 def test_management_plugin_is_off_or_on_loopback(host, v):
