@@ -169,11 +169,13 @@ DURATION ?= 5m
 USERS    ?= 20
 .PHONY: load
 load: $(VENV)/.load-installed $(VENV)/.verify-installed ## a mixed load (Locust) for DURATION; fails on any non-2xx, or on any alert it raised
+	$(ACTIVATE) python -m stackkit.alerts record --if-monitored --inventory $(INVENTORY) \
+	  --out build/load/alerts-at-start.json
 	$(ACTIVATE) STACKKIT_API_TOKEN="$$($(PY) -m stackkit.site_client token --inventory $(INVENTORY))" \
 	  locust -f tests/load/locustfile.py --headless --host $(URL) \
 	  --users $(USERS) --spawn-rate $(USERS) --run-time $(DURATION) --only-summary
 	$(ACTIVATE) python -m stackkit.alerts quiet --if-monitored --inventory $(INVENTORY) \
-	  --window $(DURATION)
+	  --since build/load/alerts-at-start.json
 
 $(VENV)/.verify-installed: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[verify]'

@@ -13,8 +13,9 @@ import re
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 # An alert reaches Alertmanager within this many seconds of the fault, and is resolved within as
 # many of the recovery.
@@ -53,6 +54,28 @@ def matches(alert: Mapping, labels: Mapping[str, str]) -> bool:
     return alert.get("status", {}).get("state") == "active" and all(
         re.fullmatch(pattern, got.get(key, "")) for key, pattern in labels.items()
     )
+
+
+# Labels of Prometheus's ALERTS series that are not the alert's own.
+_SERIES_LABELS = frozenset(("__name__", "alertstate"))
+
+
+def identity(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """An alert as Prometheus tells it apart: its labels, without the series' own."""
+    return tuple(sorted((k, v) for k, v in labels.items() if k not in _SERIES_LABELS))
+
+
+def describe(labels: Mapping[str, str]) -> str:
+    """alertname{label=value,...}, every label of the alert but its name."""
+    rest = ",".join(f"{k}={v}" for k, v in identity(labels) if k != "alertname")
+    return f"{labels.get('alertname', '')}{{{rest}}}"
+
+
+def raised(fired: Iterable[Mapping[str, str]], before: Iterable[Mapping[str, str]]) -> list[str]:
+    """The alerts of `fired` that were not already active (pending or firing) in `before`, the
+    alerts seen when the run began: those the run raised."""
+    known = {identity(labels) for labels in before}
+    return sorted({describe(labels) for labels in fired if identity(labels) not in known})
 
 
 @dataclass
@@ -97,15 +120,24 @@ class Alertmanager:
         """The alerts it holds now (resolved ones are not listed)."""
         return get_json(self.host, self._url(self.port, "/api/v2/alerts"))
 
-    def fired_within(self, seconds: int) -> list[str]:
-        """Every alert Prometheus had firing at any evaluation of the last `seconds`."""
-        query = f'max_over_time(ALERTS{{alertstate="firing"}}[{int(seconds)}s])'
-        path = "/api/v1/query?" + urllib.parse.urlencode({"query": query})
-        answer = get_json(self.host, self._url(self.prometheus_port, path))
-        return sorted(
-            f"{r['metric'].get('alertname')}{{instance={r['metric'].get('instance', '')}}}"
-            for r in answer["data"]["result"]
-        )
+    def query(self, expression: str) -> dict:
+        """An instant query of this host's Prometheus: its `data`."""
+        path = "/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+        return get_json(self.host, self._url(self.prometheus_port, path))["data"]
+
+    def now(self) -> float:
+        """Prometheus's own time (the monitor host's clock), in seconds."""
+        return float(self.query("time()")["result"][0])
+
+    def active_labels(self) -> list[dict]:
+        """The labels of every alert Prometheus has pending or firing now."""
+        return [r["metric"] for r in self.query("ALERTS")["result"]]
+
+    def fired_within(self, seconds: float) -> list[dict]:
+        """The labels of every alert Prometheus had firing at any evaluation of the last
+        `seconds`."""
+        data = self.query(f'max_over_time(ALERTS{{alertstate="firing"}}[{int(seconds)}s])')
+        return [r["metric"] for r in data["result"]]
 
     def firing(self, labels: Mapping[str, str]) -> bool:
         return any(matches(alert, labels) for alert in self.alerts())
@@ -166,19 +198,51 @@ def seconds(duration: str) -> int:
     return hours * 3600 + minutes * 60 + secs
 
 
+def record(manager: Alertmanager, out: Path) -> dict:
+    """What `quiet --since` needs of the start of a run: Prometheus's time and the alerts
+    already active (pending or firing), written to `out`."""
+    start = {"time": manager.now(), "active": manager.active_labels()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(start, indent=2, sort_keys=True) + "\n")
+    return start
+
+
+def quiet(manager: Alertmanager, wait: float, window: float | None, start: dict | None) -> int:
+    """Waits `wait` s (an alert fires a while after its cause), then exits 1 if an alert fired
+    since the run began (`start`, as `record` wrote it; else in the last `window` s) or during
+    that wait, one already active when the run began aside."""
+    time.sleep(wait)
+    span = manager.now() - start["time"] if start else window + wait
+    new = raised(manager.fired_within(span), start["active"] if start else [])
+    if new:
+        print(f"alerts fired in the last {span:.0f} s: {', '.join(new)}", file=sys.stderr)
+        return 1
+    known = len(start["active"]) if start else 0
+    print(f"no alert fired in the last {span:.0f} s ({known} already active at the start)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m stackkit.alerts quiet --inventory INV --window 5m`: waits ALERT_WITHIN s (an
-    alert fires a while after its cause), then exits 1 if any alert fired during the window and
-    that wait (what `make load` checks after its run)."""
+    """What `make load` runs around its load:
+    `python -m stackkit.alerts record --inventory INV --out FILE` before it, and
+    `python -m stackkit.alerts quiet --inventory INV --since FILE` after it, which fails on an
+    alert that fired during the run (or `--window 5m`: in the last 5 minutes) and was not
+    already active at its start."""
     parser = argparse.ArgumentParser(description="alerts of an inventory's monitor host")
-    parser.add_argument("check", choices=["quiet"])
+    parser.add_argument("check", choices=["record", "quiet"])
     parser.add_argument("--inventory", default="inventories/local")
-    parser.add_argument("--window", type=seconds, required=True, help="e.g. 300, 5m")
+    parser.add_argument("--out", type=Path, help="record: where to write the start")
+    parser.add_argument("--since", type=Path, help="quiet: the start that record wrote")
+    parser.add_argument("--window", type=seconds, help="quiet without --since: e.g. 300, 5m")
     parser.add_argument("--wait", type=seconds, default=ALERT_WITHIN)
     parser.add_argument(
         "--if-monitored", action="store_true", help="pass an inventory without a monitor group"
     )
     args = parser.parse_args(argv)
+    if args.check == "record" and not args.out:
+        parser.error("record needs --out")
+    if args.check == "quiet" and not (args.since or args.window):
+        parser.error("quiet needs --since (what record wrote) or --window")
     if args.if_monitored:
         from stackkit.inventory import PlayVars  # noqa: PLC0415
 
@@ -186,14 +250,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.inventory} has no monitor group: no alerts to check")
             return 0
     manager = Alertmanager.of_inventory(args.inventory)
-    time.sleep(args.wait)
-    span = args.window + args.wait
-    fired = manager.fired_within(span)
-    if fired:
-        print(f"alerts fired in the last {span} s: {', '.join(fired)}", file=sys.stderr)
-        return 1
-    print(f"no alert fired in the last {span} s")
-    return 0
+    if args.check == "record":
+        start = record(manager, args.out)
+        names = ", ".join(sorted(describe(labels) for labels in start["active"])) or "none"
+        print(f"alerts active at the start: {names}")
+        return 0
+    start = json.loads(args.since.read_text()) if args.since else None
+    return quiet(manager, args.wait, args.window, start)
 
 
 if __name__ == "__main__":

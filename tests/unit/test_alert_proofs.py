@@ -1,8 +1,9 @@
 """The alert proofs' pure parts. The outages `make chaos --alerts` holds can each fire their
 alert: the alert is a rule the monitoring role writes, and a ServiceDown outage stops a unit the
 node exporter watches (a unit outside monitoring_watched_services reports nothing, and its alert
-could never fire). Labels match as Alertmanager's regular-expression matchers do, and `make
-load` reads its duration as Locust does."""
+could never fire). Labels match as Alertmanager's regular-expression matchers do, `make load`
+reads its duration as Locust does, and fails on the alerts that fired during its run, not on
+those already active when it began."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stackkit.alerts import matches, seconds
+from stackkit import alerts
+from stackkit.alerts import matches, raised, seconds
 from stackkit.chaos import OUTAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,3 +63,79 @@ def test_load_durations_read_as_locust_writes_them(duration, expected):
 def test_anything_else_is_no_duration(duration):
     with pytest.raises(argparse.ArgumentTypeError):
         seconds(duration)
+
+
+REDIS_DOWN = {"alertname": "ServiceDown", "instance": "stack1", "name": "redis-server.service"}
+NGINX_DOWN = {"alertname": "ServiceDown", "instance": "stack1", "name": "nginx.service"}
+TARGET_DOWN = {"alertname": "TargetDown", "instance": "stack1", "job": "node"}
+
+
+def series(labels: dict, state: str = "firing") -> dict:
+    """An ALERTS series' labels, as Prometheus answers them."""
+    return {"__name__": "ALERTS", "alertstate": state, **labels}
+
+
+def test_alerts_active_when_the_run_began_are_not_counted_as_raised():
+    before = [series(REDIS_DOWN), series(TARGET_DOWN, "pending")]
+    fired = [series(REDIS_DOWN), series(TARGET_DOWN), series(NGINX_DOWN)]
+    # The same alert name on the same host, for another unit, is another alert.
+    assert raised(fired, before) == ["ServiceDown{instance=stack1,name=nginx.service}"]
+    assert raised(fired[:2], before) == []
+    assert raised(fired[:1], []) == ["ServiceDown{instance=stack1,name=redis-server.service}"]
+
+
+class FakeManager:
+    """Prometheus as stackkit.alerts asks it: its clock, what is active now, what fired."""
+
+    def __init__(self, now: float, active: list[dict], fired: list[dict]):
+        self.clock, self.active, self.fired = now, active, fired
+        self.spans: list[float] = []
+
+    def now(self) -> float:
+        return self.clock
+
+    def active_labels(self) -> list[dict]:
+        return self.active
+
+    def fired_within(self, seconds: float) -> list[dict]:
+        self.spans.append(seconds)
+        return self.fired
+
+
+@pytest.fixture
+def manager(monkeypatch):
+    fake = FakeManager(1000.0, [series(REDIS_DOWN)], [])
+    monkeypatch.setattr(alerts.Alertmanager, "of_inventory", classmethod(lambda cls, inv: fake))
+    monkeypatch.setattr(alerts.time, "sleep", lambda seconds: None)
+    return fake
+
+
+def run_load(manager, tmp_path, fired: list[dict], seconds: float = 400.0) -> int:
+    """record at the start, `seconds` of load on Prometheus's clock, then quiet."""
+    start = tmp_path / "alerts-at-start.json"
+    assert alerts.main(["record", "--inventory", "inv", "--out", str(start)]) == 0
+    manager.clock += seconds
+    manager.fired = fired
+    return alerts.main(["quiet", "--inventory", "inv", "--since", str(start)])
+
+
+def test_a_load_that_raises_nothing_passes_beside_an_alert_already_firing(
+    manager, tmp_path, capsys
+):
+    assert run_load(manager, tmp_path, [series(REDIS_DOWN)]) == 0
+    assert "1 already active at the start" in capsys.readouterr().out
+    # The whole run and the wait after it, on Prometheus's clock.
+    assert manager.spans == [400.0]
+
+
+def test_a_load_that_raises_an_alert_fails_naming_it_only(manager, tmp_path, capsys):
+    assert run_load(manager, tmp_path, [series(REDIS_DOWN), series(TARGET_DOWN)]) == 1
+    err = capsys.readouterr().err
+    assert "TargetDown{instance=stack1,job=node}" in err
+    assert "redis-server" not in err
+
+
+def test_without_a_record_the_window_counts_every_alert(manager, capsys):
+    manager.fired = [series(REDIS_DOWN)]
+    assert alerts.main(["quiet", "--inventory", "inv", "--window", "5m", "--wait", "30"]) == 1
+    assert manager.spans == [330]
