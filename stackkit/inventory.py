@@ -25,6 +25,7 @@ from ansible.parsing.vault import get_file_vault_secret, is_encrypted_file
 from ansible.playbook.play import Play
 from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar, trust_as_template
+from ansible.utils.collection_loader import AnsibleCollectionConfig
 from ansible.vars.hostvars import HostVars
 from ansible.vars.manager import VariableManager
 
@@ -40,8 +41,10 @@ DISPOSABLE = "stackkit_disposable"
 
 @cache
 def _init_plugins() -> None:
-    """What the ansible CLIs do first (once per process): the modules roles name resolve."""
-    init_plugin_loader()
+    """What the ansible CLIs do first (once per process): the modules roles name resolve. A
+    process whose collections another tool configured already keeps that."""
+    if AnsibleCollectionConfig.collection_finder is None:
+        init_plugin_loader()
 
 
 class UnresolvedVariable(AssertionError):

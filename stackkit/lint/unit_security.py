@@ -26,6 +26,7 @@ from pathlib import Path
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar, trust_as_template
+from ansible.utils.collection_loader import AnsibleCollectionConfig
 
 # Exposure bounds: the app's own processes can give up nearly everything; a data service keeps
 # what its engine needs (a JIT, its own memory and file limits).
@@ -179,8 +180,11 @@ TIER_EXPORTER = "tier-exporter.service.d/50-stackkit.conf.j2"
 @cache
 def init_filters(root: Path) -> None:
     """The templates call the collection's filters (stackkit.kit.systemd_sandbox), found as a
-    play finds them: through the checkout's own stackkit.kit links. Once per process."""
-    init_plugin_loader([str(root / "playbooks" / "collections")])
+    play finds them: through the checkout's own stackkit.kit links. Once per process: one that
+    configured the collections already (stackkit.inventory does, in the unit tests) finds the
+    same links through ansible.cfg's collections_path."""
+    if AnsibleCollectionConfig.collection_finder is None:
+        init_plugin_loader([str(root / "playbooks" / "collections")])
 
 
 def role_variables(root: Path, role: str) -> dict:
