@@ -23,7 +23,7 @@ from pymongo.errors import PyMongoError
 from . import autocomplete_cache, imagefetch
 from .backoff import backoff_delay
 from .documents import get_store
-from .models import Event, EventKind, ImageStatus, Product, Submission
+from .models import Event, EventKind, ImageStatus, Product, QueueProbe, Submission
 from .search import indexer
 from .search.client import SearchUnavailable, get_client
 
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 _aliases_ready: set[str] = set()
 # PostgreSQL restarting: retry soon rather than wait for the outbox's deadline.
 DATABASE_OUTAGE = (OperationalError, InterfaceError)
+# The queues the outbox's messages go to: inserts to `default`, indexing to `indexing`.
+OUTBOX_QUEUES = ("default", "indexing")
+PROBES_KEPT = timedelta(hours=1)
 
 
 def _ensure_alias(client: Any, alias: str) -> None:
@@ -53,6 +56,7 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     re-driven message finds the row it wrote before (get_or_create), so nothing is ever stored
     twice; the history document's id is derived from it too."""
     product_id = payload["id"]
+    Submission.claim([product_id])
     steps = (
         Submission.objects.filter(pk=product_id)
         .values_list("stored_at", "history_at", "indexed_at")
@@ -64,6 +68,7 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         # message, so a backlog after an outage is not multiplied by image fetches.
         if not steps[2]:
             index_product.delay(product_id)
+            Submission.forwarded([product_id])
         return {"id": product_id, "created": False}
     with transaction.atomic():
         product, created = Product.objects.get_or_create(
@@ -81,6 +86,7 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         # Enqueued only once the row is committed, and again on a redelivery: indexing is
         # idempotent, and the first delivery may have died between commit and publish.
         index_product.delay_on_commit(str(product.id))
+        Submission.forwarded([product.id])
         if product.image_status == ImageStatus.PENDING:
             fetch_image_metadata.delay_on_commit(str(product.id), product.image_url)
     get_store().save_submission(str(product.id), payload)
@@ -118,6 +124,7 @@ def summarise_batch(results: list[dict[str, Any]], batch_id: str) -> dict[str, A
     max_retries=None,  # Elasticsearch down never loses a product: retry until it is back.
 )
 def index_product(self: Any, product_id: str) -> dict[str, Any]:
+    Submission.claim([product_id])
     client = get_client()
     alias = indexer.alias_name()
     _ensure_alias(client, alias)
@@ -168,16 +175,20 @@ def reconcile_index(self: Any) -> dict[str, Any]:
 
 @shared_task(name="catalogue.tasks.redrive_submissions")
 def redrive_submissions() -> dict[str, int]:
-    """Beat task of the outbox: send insert_product again for every submission that is not done
-    by its deadline (the broker may have dropped it, or a task given up), or only index_product
-    when the product is stored and has its history, and the summary of every batch that is done
-    but has none.
+    """Beat task of the outbox: send insert_product again for every submission whose work was
+    lost (see Submission.to_send_again), or only index_product when the product is stored and
+    has its history, and the summary of every batch that is done but has none. Then a probe
+    to each queue, which tells a later run what has left the queues.
 
-    Each row is marked as sent again only after its publish returned; a publish that fails
-    fails this run, and the next run picks up what is still overdue."""
+    A submission whose message is waiting in a queue, behind a backlog of any length, is not
+    sent again: that only doubled the backlog. Each row is marked as sent again only after its
+    publish returned; a publish that fails fails this run, and the next run picks up what is
+    still lost."""
     now = timezone.now()
+    drained_before = QueueProbe.drained_before(OUTBOX_QUEUES, now)
+    lost = Submission.objects.to_send_again(now, drained_before)
     redriven = 0
-    for submission in Submission.objects.due(now)[: settings.CATALOGUE_REDRIVE_BATCH]:
+    for submission in lost[: settings.CATALOGUE_REDRIVE_BATCH]:
         if submission.stored_at and submission.history_at:
             # Only the indexing is missing: sending the whole insert again would also queue
             # another image fetch, and after an outage the re-drive must not multiply the work.
@@ -195,9 +206,19 @@ def redrive_submissions() -> dict[str, int]:
         ids = members.order_by("accepted_at", "pk").values_list("pk", flat=True)
         # Product ids are new for every submission: each stored product was created by it.
         summarise_batch.delay([{"id": str(pk), "created": True} for pk in ids], str(batch_id))
+    QueueProbe.objects.filter(ran_at__lt=now - PROBES_KEPT).delete()
+    for queue in OUTBOX_QUEUES:
+        probe_queue.apply_async((queue, now.isoformat()), queue=queue, routing_key=queue)
     if redriven or batches:
         log.warning("outbox: sent again %d submissions, %d batch summaries", redriven, len(batches))
     return {"redriven": redriven, "batches": len(batches)}
+
+
+@shared_task(name="catalogue.tasks.probe_queue", ignore_result=True)
+def probe_queue(queue: str, sent_at: str) -> None:
+    """The re-drive's probe, consumed: every message published to `queue` before `sent_at`
+    has been delivered (see QueueProbe)."""
+    QueueProbe.objects.create(queue=queue, sent_at=datetime.fromisoformat(sent_at))
 
 
 @shared_task(

@@ -307,9 +307,12 @@ INSERT_BACKOFF_CAP = 120
 RECONCILE_BACKOFF_CAP = 300
 
 # --- The submission outbox (catalogue.models.Submission) ----------------------------------------
-# A submission not done this long after it was accepted is sent again; each further send waits
-# twice as long, up to the cap. The beat looks for overdue ones every CATALOGUE_REDRIVE_INTERVAL
-# seconds (CELERY_BEAT_SCHEDULE above).
+# A submission taken by a worker and not done by its deadline is sent again: at least this long
+# after its send, each further send waiting twice as long, up to the cap, and at least
+# CATALOGUE_CLAIM_LEASE after the worker took it. One sent and never taken is sent again once a
+# probe published after it has come back through the queues (it was dropped), however long the
+# backlog. The beat runs the re-drive every CATALOGUE_REDRIVE_INTERVAL seconds
+# (CELERY_BEAT_SCHEDULE above).
 CATALOGUE_REDRIVE_AFTER = env_int("CATALOGUE_REDRIVE_AFTER", 120)
 CATALOGUE_REDRIVE_BACKOFF_CAP = env_int("CATALOGUE_REDRIVE_BACKOFF_CAP", 3600)
 CATALOGUE_REDRIVE_BATCH = 500  # submissions sent again per beat run at most
@@ -333,6 +336,12 @@ if _longest_hold >= RABBITMQ_CONSUMER_TIMEOUT:
         f" IMAGE_FETCH_BACKOFF_CAP, {RECONCILE_BACKOFF_CAP} s) is {_longest_hold:g} s: it must"
         f" stay below RABBITMQ_CONSUMER_TIMEOUT ({RABBITMQ_CONSUMER_TIMEOUT} s)"
     )
+
+# A claimed submission is sent again only after the longest a worker may hold its task.
+CATALOGUE_CLAIM_LEASE = _longest_hold
+# Seconds between a submission's sent_at and its message reaching the queue, at most (the commit
+# and publish after it): a probe must be this much younger to vouch that the message was dropped.
+CATALOGUE_PUBLISH_SLACK = 30
 
 # --- Misc ----------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
