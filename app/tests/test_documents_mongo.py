@@ -139,6 +139,21 @@ def test_a_redelivered_event_rewrites_its_document_instead_of_adding_one(any_sto
     assert history[1]["data"] == {"outcome": "ok"}
 
 
+def test_a_batch_of_submissions_sent_again_adds_no_document(any_store):
+    """One insert_many per batch; a redelivered batch finds its documents and adds none."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    any_store.save_submissions({pid: {"title": f"Item {n}"} for n, pid in enumerate(ids)})
+    late = str(uuid.uuid4())
+    again = {pid: {"title": "Redelivered"} for pid in ids[1:]} | {late: {"title": "Late"}}
+    any_store.save_submissions(again)
+
+    for n, pid in enumerate(ids):
+        [doc] = any_store.history(pid)
+        assert (doc["kind"], doc["data"]["title"]) == ("submission", f"Item {n}")
+    [doc] = any_store.history(late)
+    assert doc["data"]["title"] == "Late"
+
+
 def test_an_unknown_product_has_no_history_and_an_unknown_batch_is_none(any_store):
     assert any_store.history(str(uuid.uuid4())) == []
     assert any_store.get_batch(str(uuid.uuid4())) is None
