@@ -8,6 +8,7 @@ keyed by it."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,8 @@ DATABASE_OUTAGE = (OperationalError, InterfaceError)
 # The queues the outbox's messages go to: inserts to `default`, indexing to `indexing`.
 OUTBOX_QUEUES = ("default", "indexing")
 PROBES_KEPT = timedelta(hours=1)
+# Seconds fetch_images waits for its attempts: its soft time limit less a margin to send on.
+IMAGE_FETCH_BATCH_BUDGET = 25
 
 
 def _ensure_alias(client: Any, alias: str) -> None:
@@ -94,11 +97,82 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     return {"id": str(product.id), "created": created, "title": product.title}
 
 
+@shared_task(
+    bind=True,
+    name="catalogue.tasks.insert_batch",
+    autoretry_for=(PyMongoError, *DATABASE_OUTAGE),
+    retry_backoff=2,
+    retry_backoff_max=settings.INSERT_BACKOFF_CAP,
+    retry_jitter=True,
+    max_retries=50,
+)
+def insert_batch(self: Any, payloads: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
+    """Store a batch's submissions together: one INSERT of the products and one of their
+    `created` events, one insert_many of their history documents, one message to index them
+    all and one to fetch their images, then the batch's summary. As with insert_product,
+    running it twice stores, records and summarises each product once: the members' outbox
+    rows are locked while the products are looked up and inserted, the history documents' ids
+    are derived, and a member already stored with its history costs at most its indexing."""
+    ids = [payload["id"] for payload in payloads]
+    Submission.claim(ids)
+    with transaction.atomic():
+        # In one order, so two copies of a batch (or a re-driven member) queue behind each
+        # other instead of deadlocking; the second finds the products stored.
+        rows = Submission.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+        steps = {
+            str(pk): (stored and history, indexed)
+            for pk, stored, history, indexed in rows.values_list(
+                "pk", "stored_at", "history_at", "indexed_at"
+            )
+        }
+        existing = {
+            str(pk): image_status
+            for pk, image_status in Product.objects.filter(pk__in=ids).values_list(
+                "pk", "image_status"
+            )
+        }
+        new = [payload for payload in payloads if payload["id"] not in existing]
+        Product.objects.bulk_create(
+            Product(
+                id=payload["id"],
+                title=payload["title"],
+                description=payload.get("description", ""),
+                image_url=payload["image_url"],
+                submitted_at=datetime.fromisoformat(payload["submitted_at"]),
+            )
+            for payload in new
+        )
+        Event.objects.bulk_create(
+            Event(product_id=payload["id"], kind=EventKind.CREATED) for payload in new
+        )
+        Submission.mark_all(ids, Submission.STORED)
+        open_ = [p for p in payloads if not steps.get(p["id"], (False, False))[0]]
+        to_index = [pk for pk in ids if not steps.get(pk, (False, False))[1]]
+        images = [
+            [p["id"], p["image_url"]]
+            for p in open_
+            if existing.get(p["id"], ImageStatus.PENDING) == ImageStatus.PENDING
+        ]
+        if to_index:
+            index_products.delay_on_commit(to_index)
+            Submission.forwarded(to_index)
+        if images:
+            fetch_images.delay_on_commit(images)
+    get_store().save_submissions({payload["id"]: payload for payload in open_})
+    Submission.mark_all([payload["id"] for payload in open_], Submission.HISTORY)
+    results = [{"id": p["id"], "created": p["id"] not in existing} for p in payloads]
+    # A copy of the batch run after the summary was written would count every product as
+    # already present: the first summary stands.
+    if Submission.objects.filter(batch_id=batch_id, summarised_at__isnull=True).exists():
+        summarise_batch(results, batch_id)
+    return {"batch_id": batch_id, "products": len(payloads), "created": len(new)}
+
+
 @shared_task(name="catalogue.tasks.summarise_batch")
 def summarise_batch(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
-    """Second round of a batch chord: fed by every insert's result. Also sent by
-    redrive_submissions for a batch whose chord lost a member (the document is replaced, so
-    both may run)."""
+    """A batch's summary, from its inserts' results: written by insert_batch, and sent by
+    redrive_submissions for a batch whose members were re-driven one by one (the document is
+    replaced, so both may run)."""
     summary = {
         "batch_id": batch_id,
         "status": "done",
@@ -143,6 +217,39 @@ def index_product(self: Any, product_id: str) -> dict[str, Any]:
     Event.record(product.id, EventKind.INDEXED, alias=alias)
     Submission.mark(product.id, Submission.INDEXED)
     return {"id": product_id, "indexed": True}
+
+
+@shared_task(
+    bind=True,
+    name="catalogue.tasks.index_products",
+    autoretry_for=(SearchUnavailable, *DATABASE_OUTAGE),
+    retry_backoff=2,
+    retry_backoff_max=settings.INDEXING_BACKOFF_CAP,
+    retry_jitter=True,
+    max_retries=None,  # as index_product: never dropped while Elasticsearch is down
+)
+def index_products(self: Any, product_ids: list[str]) -> dict[str, Any]:
+    """index_product for a batch: one query for the rows, one _bulk request for their
+    documents, one INSERT of their `indexed` events, one update of their outbox rows."""
+    Submission.claim(product_ids)
+    client = get_client()
+    alias = indexer.alias_name()
+    _ensure_alias(client, alias)
+    products = list(Product.objects.filter(id__in=product_ids))
+    created = client.index_documents(alias, [(str(p.id), p.search_document()) for p in products])
+    found = {str(product.id) for product in products}
+    missing = [pk for pk in product_ids if pk not in found]
+    for product_id in missing:
+        client.delete_document(alias, product_id)
+    # As in index_product: new documents retire cached autocomplete answers.
+    if created or missing or not _first_delivery(self.request):
+        autocomplete_cache.bump()
+    Event.objects.bulk_create(
+        Event(product_id=product.id, kind=EventKind.INDEXED, payload={"alias": alias})
+        for product in products
+    )
+    Submission.mark_all([product.id for product in products], Submission.INDEXED)
+    return {"indexed": len(products), "created": created, "missing": len(missing)}
 
 
 def _first_delivery(request: Any) -> bool:
@@ -277,25 +384,75 @@ def fetch_image_metadata(self: Any, product_id: str, image_url: str | None = Non
             return {"id": product_id, "outcome": "missing"}
     attempt = self.request.retries or 0
     try:
-        result = imagefetch.fetch(
-            image_url,
-            timeout=settings.IMAGE_FETCH_TIMEOUT,
-            allow_private=settings.IMAGE_FETCH_ALLOW_PRIVATE,
-            deny=imagefetch.parse_networks(settings.IMAGE_FETCH_DENY),
-        )
+        result = _fetch_image(image_url)
     except SoftTimeLimitExceeded:
         result = imagefetch.FetchResult("unreachable", True, image_url, error="time limit")
-    if result.error:
-        log.info("image fetch of %s: %s (%s)", product_id, result.outcome, result.error)
-    max_retries = settings.IMAGE_FETCH_MAX_RETRIES
-    final = not (result.retryable and attempt < max_retries)
+    final = _image_attempt_is_final(product_id, attempt, result)
     record_image_attempt.delay(product_id, attempt, result.public(), final)
     if not final:
-        delay = backoff_delay(
-            attempt, settings.IMAGE_FETCH_BACKOFF_BASE, settings.IMAGE_FETCH_BACKOFF_CAP
-        )
-        raise self.retry(countdown=delay, max_retries=max_retries)
+        raise self.retry(countdown=_image_retry_delay(attempt), max_retries=_image_max_retries())
     return {"id": product_id, "attempts": attempt + 1, **result.public()}
+
+
+@shared_task(
+    name="catalogue.tasks.fetch_images",
+    soft_time_limit=30,
+    time_limit=45,
+    ignore_result=True,
+)
+def fetch_images(items: list[list[str]]) -> dict[str, int]:
+    """The first image-metadata attempt of a batch's products ([product id, URL] each), at
+    most IMAGE_FETCH_CONCURRENCY at once, on the `slow` queue like fetch_image_metadata and
+    touching no data service either: the outcomes leave as one record_image_attempts message.
+    A product whose attempt may succeed later goes on as its own fetch_image_metadata, at
+    attempt 1 after its backoff. Attempts still running when the budget (below the soft time
+    limit) is spent count as timed out, and are retried so."""
+    pool = ThreadPoolExecutor(max_workers=max(1, settings.IMAGE_FETCH_CONCURRENCY))
+    futures = [pool.submit(_fetch_image, url) for _, url in items]
+    finished, _ = wait(futures, timeout=IMAGE_FETCH_BATCH_BUDGET)
+    # Threads still fetching end at their own timeouts; nothing waits for them.
+    pool.shutdown(wait=False, cancel_futures=True)
+    attempts, retried = [], 0
+    for (product_id, url), future in zip(items, futures, strict=True):
+        if future in finished and future.exception() is None:
+            result = future.result()
+        else:
+            error = "time limit" if future not in finished else repr(future.exception())
+            result = imagefetch.FetchResult("unreachable", True, url, error=error)
+        final = _image_attempt_is_final(product_id, 0, result)
+        attempts.append([product_id, 0, result.public(), final])
+        if not final:
+            fetch_image_metadata.apply_async(
+                (product_id, url), countdown=_image_retry_delay(0), retries=1
+            )
+            retried += 1
+    record_image_attempts.delay(attempts)
+    return {"fetched": len(items), "retried": retried}
+
+
+def _fetch_image(image_url: str) -> imagefetch.FetchResult:
+    return imagefetch.fetch(
+        image_url,
+        timeout=settings.IMAGE_FETCH_TIMEOUT,
+        allow_private=settings.IMAGE_FETCH_ALLOW_PRIVATE,
+        deny=imagefetch.parse_networks(settings.IMAGE_FETCH_DENY),
+    )
+
+
+def _image_max_retries() -> int:
+    return settings.IMAGE_FETCH_MAX_RETRIES
+
+
+def _image_attempt_is_final(product_id: str, attempt: int, result: Any) -> bool:
+    if result.error:
+        log.info("image fetch of %s: %s (%s)", product_id, result.outcome, result.error)
+    return not (result.retryable and attempt < _image_max_retries())
+
+
+def _image_retry_delay(attempt: int) -> float:
+    return backoff_delay(
+        attempt, settings.IMAGE_FETCH_BACKOFF_BASE, settings.IMAGE_FETCH_BACKOFF_CAP
+    )
 
 
 @shared_task(
@@ -314,15 +471,58 @@ def record_image_attempt(product_id: str, attempt: int, shown: dict[str, Any], f
         record_image_result(product_id, shown)
 
 
+@shared_task(
+    name="catalogue.tasks.record_image_attempts",
+    autoretry_for=(PyMongoError, *DATABASE_OUTAGE),
+    retry_backoff=2,
+    retry_backoff_max=settings.INSERT_BACKOFF_CAP,
+    retry_jitter=True,
+    max_retries=20,
+)
+def record_image_attempts(attempts: list[list[Any]]) -> None:
+    """record_image_attempt for a batch's attempts ([product id, attempt, shown, final] each):
+    the final outcomes are written in one transaction and indexed by one message."""
+    store = get_store()
+    for product_id, attempt, shown, _ in attempts:
+        store.save_image_fetch(product_id, attempt, shown)
+    final = {product_id: shown for product_id, _, shown, is_final in attempts if is_final}
+    if not final:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        products = list(Product.objects.select_for_update().filter(id__in=final).order_by("pk"))
+        for product in products:
+            _keep_image_result(product, final[str(product.id)], now)
+        # bulk_update skips auto_now: updated_at is among the fields, set above.
+        Product.objects.bulk_update(products, IMAGE_FIELDS)
+        if products:
+            index_products.delay_on_commit([str(product.id) for product in products])
+
+
+IMAGE_FIELDS = (
+    "image_status",
+    "image_outcome",
+    "image_content_type",
+    "image_size",
+    "image_checked_at",
+    "updated_at",
+)
+
+
+def _keep_image_result(product: Product, shown: dict[str, Any], now: datetime) -> None:
+    product.image_status = ImageStatus.OK if shown["outcome"] == "ok" else ImageStatus.FAILED
+    product.image_outcome = shown["outcome"]
+    product.image_content_type = shown.get("content_type") or ""
+    product.image_size = shown.get("content_length")
+    product.image_checked_at = now
+    product.updated_at = now
+
+
 def record_image_result(product_id: str, shown: dict[str, Any]) -> None:
     with transaction.atomic():
         product = Product.objects.select_for_update().filter(id=product_id).first()
         if product is None:
             return
-        product.image_status = ImageStatus.OK if shown["outcome"] == "ok" else ImageStatus.FAILED
-        product.image_outcome = shown["outcome"]
-        product.image_content_type = shown.get("content_type") or ""
-        product.image_size = shown.get("content_length")
-        product.image_checked_at = timezone.now()
+        _keep_image_result(product, shown, timezone.now())
         product.save()
         index_product.delay_on_commit(product_id)

@@ -443,20 +443,21 @@ def test_a_redriven_submission_racing_its_first_delivery_stores_indexes_and_reco
 
 
 @pytest.mark.django_db
-def test_a_batch_whose_chord_lost_a_member_gets_its_summary_from_the_redrive(
+def test_a_batch_whose_message_was_lost_gets_its_summary_from_the_redrive(
     client, broker, fake_es, store, django_capture_on_commit_callbacks
 ):
-    """A re-driven member runs outside the chord, so the chord never fires: once every member
-    is done and the deadline has passed, the re-drive sends the summary itself, once."""
+    """The batch's message was dropped and its members re-driven one by one, outside the
+    batch: once every member is done and the deadline has passed, the re-drive sends the
+    summary itself, once."""
     with django_capture_on_commit_callbacks(execute=True):
         body = post(client, {"products": [GOOD, GOOD]}, "/api/products/batch").json()
     batch_id = body["batch_id"]
-    members = [message.args[0] for message in broker.drain()]
+    [members] = [message.args[0] for message in broker.drain()]
     for payload in members:
         tasks.insert_product.run(payload)
         tasks.index_product.run(payload["id"])
     broker.drain()
-    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}  # the chord's turn
+    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}  # not done long
 
     Submission.objects.update(done_at=timezone.now() - timedelta(seconds=121))
     assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 1}

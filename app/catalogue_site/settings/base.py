@@ -195,13 +195,17 @@ CELERY_TASK_DEFAULT_ROUTING_KEY = "default"
 CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
 CELERY_TASK_ROUTES = {
     "catalogue.tasks.insert_product": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.insert_batch": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.summarise_batch": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.index_product": {"queue": "indexing", "routing_key": "indexing"},
+    "catalogue.tasks.index_products": {"queue": "indexing", "routing_key": "indexing"},
     "catalogue.tasks.reconcile_index": {"queue": "indexing", "routing_key": "indexing"},
     "catalogue.tasks.redrive_submissions": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.prune_submissions": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.fetch_image_metadata": {"queue": "slow", "routing_key": "slow"},
+    "catalogue.tasks.fetch_images": {"queue": "slow", "routing_key": "slow"},
     "catalogue.tasks.record_image_attempt": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.record_image_attempts": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.count_view": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.clear_sessions": {"queue": "default", "routing_key": "default"},
 }
@@ -301,6 +305,8 @@ IMAGE_FETCH_BACKOFF_CAP = env_float("IMAGE_FETCH_BACKOFF_CAP", 60.0)
 IMAGE_FETCH_ALLOW_PRIVATE = env_bool("IMAGE_FETCH_ALLOW_PRIVATE", False)
 # Addresses and networks never fetched from, private or not: every host of the deployment.
 IMAGE_FETCH_DENY = env_list("IMAGE_FETCH_DENY", "")
+# A batch's image fetches run at most this many at once (threads of one slow-queue task).
+IMAGE_FETCH_CONCURRENCY = 8
 INDEXING_BACKOFF_CAP = env_int("INDEXING_BACKOFF_CAP", 300)
 # Fixed caps of the other retrying tasks (seconds).
 INSERT_BACKOFF_CAP = 120
