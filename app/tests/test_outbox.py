@@ -331,6 +331,49 @@ def test_a_dropped_message_is_sent_again_once_a_probe_published_after_it_came_ba
 
 
 @pytest.mark.django_db
+def test_a_submission_workers_hold_is_not_sent_again_until_their_claim_runs_out(
+    client, broker, fake_es, store, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """In flight: the insert was sent three minutes ago and taken just now, with MongoDB down,
+    so the worker holds its retry while the indexing it queued runs. Its send's deadline has
+    passed, but a worker may hold a task that long (time limit plus the longest retry
+    countdown): it is not sent again until that lease has run out from the last claim, and
+    then it is, as an insert since its history is missing."""
+    with django_capture_on_commit_callbacks(execute=True):
+        product_id = post(client, GOOD).json()["id"]
+    [first] = broker.drain()
+    three_minutes_ago = timezone.now() - timedelta(minutes=3)
+    Submission.objects.filter(pk=product_id).update(
+        accepted_at=three_minutes_ago,
+        sent_at=three_minutes_ago,
+        redrive_at=three_minutes_ago + timedelta(seconds=120),
+    )
+
+    def mongodb_down(*args):
+        raise tasks.PyMongoError("no servers")
+
+    monkeypatch.setattr(store, "save_submission", mongodb_down)
+    with pytest.raises(tasks.PyMongoError), django_capture_on_commit_callbacks(execute=True):
+        tasks.insert_product.run(*first.args)
+    [indexing] = sent(broker.drain(), INDEX)
+    tasks.index_product.run(*indexing.args)
+    probes_came_back(sent=timezone.now())
+    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
+    assert sent(broker.drain()) == []
+
+    # The lease passes with no claim since: the worker died and the retry is gone.
+    lease = timedelta(seconds=settings.CATALOGUE_CLAIM_LEASE + 1)
+    Submission.objects.filter(pk=product_id).update(
+        claimed_at=F("claimed_at") - lease,
+        sent_at=F("sent_at") - lease,
+        redrive_at=F("redrive_at") - lease,
+    )
+    assert tasks.redrive_submissions.run() == {"redriven": 1, "batches": 0}
+    [again] = sent(broker.drain())
+    assert again.args == first.args
+
+
+@pytest.mark.django_db
 def test_old_probes_are_pruned(broker):
     probes_came_back(sent=timezone.now() - timedelta(hours=2))
     QueueProbe.objects.update(ran_at=timezone.now() - timedelta(hours=2))
