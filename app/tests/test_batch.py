@@ -229,3 +229,19 @@ def test_a_batch_fetches_its_images_side_by_side_up_to_the_cap(monkeypatch, sett
     assert (retry.queue, retry.args) == ("slow", ["p5", "https://example.org/down.png"])
     assert retry.headers["retries"] == 1  # the product's own task goes on at attempt 1
     assert retry.headers["eta"] is not None
+
+
+def test_the_batch_fetch_task_touches_no_data_service(
+    monkeypatch, broker, django_assert_num_queries
+):
+    """Like fetch_image_metadata it runs on the `slow` worker, which may be denied the data
+    tier: the URLs come with the message and the outcomes leave as one message."""
+    monkeypatch.setattr(
+        imagefetch, "fetch", lambda url, **kw: imagefetch.FetchResult("ok", False, url, 200)
+    )
+    monkeypatch.setattr(
+        "catalogue.tasks.get_store", lambda: pytest.fail("the fetch task used MongoDB")
+    )
+    with django_assert_num_queries(0):
+        tasks.fetch_images.run([["p1", "https://e.org/1.png"], ["p2", "https://e.org/2.png"]])
+    assert [m.task for m in broker.drain()] == [RECORD_ATTEMPTS]
