@@ -278,7 +278,14 @@ class QueueProbe(models.Model):
     Queues hand out messages in the order they were published, so once a probe is consumed
     every message published to its queue before it has been delivered. A worker may hold a
     delivered message for up to a task's hard time limit before starting it (prefetch), so a
-    probe counts only CELERY_TASK_TIME_LIMIT after it ran."""
+    probe counts only CELERY_TASK_TIME_LIMIT after it ran.
+
+    Why probes rather than the queue's depth: a depth says how many messages wait, not whether
+    one submission's is among them, and under steady load it is never zero, so a dropped
+    message would wait for a quiet moment. A deadline from the send cannot tell either: a
+    backlog may hold a message for any time. A probe is one more message in the same queue, so
+    it moves exactly as fast as the backlog does, and it needs nothing from the broker but
+    the order it already keeps (no management API, no credentials for it)."""
 
     queue = models.CharField(max_length=32)
     sent_at = models.DateTimeField()
