@@ -104,10 +104,6 @@ class SubmissionQuerySet(models.QuerySet):
         """Accepted and not done yet: the outbox still owes them a step."""
         return self.filter(done_at__isnull=True)
 
-    def due(self, now: datetime) -> SubmissionQuerySet:
-        """Not done and past their re-drive deadline, the longest overdue first."""
-        return self.filter(done_at__isnull=True, redrive_at__lte=now).order_by("redrive_at")
-
     def to_send_again(self, now: datetime, drained_before: datetime | None) -> SubmissionQuerySet:
         """What the re-drive sends again: not done, and either taken by a worker that has not
         finished it by its deadline (the task died or gave up), or never taken although every
@@ -120,7 +116,8 @@ class SubmissionQuerySet(models.QuerySet):
 
     def batches_to_summarise(self, done_before: datetime) -> models.QuerySet:
         """Ids of batches whose products are all done (the last before `done_before`) and whose
-        summary was never recorded: their chord lost a member, which was re-driven alone."""
+        summary was never recorded: their insert_batch was lost and the members re-driven
+        one by one."""
         return (
             self.filter(batch_id__isnull=False, summarised_at__isnull=True)
             .values("batch_id")
