@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 from django.db.models import Count, F, Max, Q
-from django.db.models.functions import Greatest
+from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 
 TITLE_MAX_LENGTH = 200
@@ -168,7 +168,9 @@ class Submission(models.Model):
     accepted_at = models.DateTimeField(default=timezone.now)
     sends = models.PositiveIntegerField(default=1)
     redrive_at = models.DateTimeField()
-    sent_at = models.DateTimeField(default=timezone.now)
+    # The database's default too: rows the previous release writes during a deploy (it does not
+    # know the column) are sent as they are accepted.
+    sent_at = models.DateTimeField(default=timezone.now, db_default=Now())
     claimed_at = models.DateTimeField(null=True, blank=True)
     stored_at = models.DateTimeField(null=True, blank=True)
     history_at = models.DateTimeField(null=True, blank=True)
