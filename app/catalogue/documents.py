@@ -16,10 +16,13 @@ from django.utils.module_loading import import_string
 
 SUBMISSION = "submission"
 IMAGE_FETCH = "image_fetch"
+DUPLICATE_KEY = 11000  # MongoDB's error code: a document with that _id is already there
 
 
 class DocumentStore(Protocol):
     def save_submission(self, product_id: str, document: dict[str, Any]) -> None: ...
+
+    def save_submissions(self, documents: dict[str, dict[str, Any]]) -> None: ...
 
     def save_image_fetch(self, product_id: str, attempt: int, document: dict[str, Any]) -> None: ...
 
@@ -34,6 +37,10 @@ class DocumentStore(Protocol):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _submission(product_id: str, document: dict[str, Any], at: datetime) -> dict[str, Any]:
+    return {"product_id": product_id, "kind": SUBMISSION, "at": at, "data": document}
 
 
 class MongoStore:
@@ -77,9 +84,31 @@ class MongoStore:
     def save_submission(self, product_id: str, document: dict[str, Any]) -> None:
         self._history().replace_one(
             {"_id": f"{product_id}:{SUBMISSION}"},
-            {"product_id": product_id, "kind": SUBMISSION, "at": _now(), "data": document},
+            _submission(product_id, document, _now()),
             upsert=True,
         )
+
+    def save_submissions(self, documents: dict[str, dict[str, Any]]) -> None:
+        """A batch's submission documents (product id -> submission) in one insert_many. The
+        ids are derived, so a batch sent again finds its documents there and adds none: those
+        duplicate-key errors are the redelivery's, any other error is raised."""
+        from pymongo.errors import BulkWriteError  # noqa: PLC0415
+
+        at = _now()
+        batch = [
+            {"_id": f"{product_id}:{SUBMISSION}", **_submission(product_id, document, at)}
+            for product_id, document in documents.items()
+        ]
+        if not batch:
+            return
+        try:
+            self._history().insert_many(batch, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(
+                error.get("code") != DUPLICATE_KEY for error in errors
+            ):
+                raise
 
     def save_image_fetch(self, product_id: str, attempt: int, document: dict[str, Any]) -> None:
         self._history().replace_one(
@@ -116,16 +145,26 @@ class MemoryStore:
         self._lock = threading.Lock()
         self.documents: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        # (operation, documents) per write of submissions, as MongoDB would see the requests.
+        self.submission_writes: list[tuple[str, int]] = []
 
     def _put(self, key: str, document: dict[str, Any]) -> None:
         with self._lock:
             self.documents[key] = document
 
     def save_submission(self, product_id: str, document: dict[str, Any]) -> None:
-        self._put(
-            f"{product_id}:{SUBMISSION}",
-            {"product_id": product_id, "kind": SUBMISSION, "at": _now(), "data": document},
-        )
+        self.submission_writes.append(("replace_one", 1))
+        self._put(f"{product_id}:{SUBMISSION}", _submission(product_id, document, _now()))
+
+    def save_submissions(self, documents: dict[str, dict[str, Any]]) -> None:
+        if not documents:
+            return
+        self.submission_writes.append(("insert_many", len(documents)))
+        at = _now()
+        with self._lock:
+            for product_id, document in documents.items():
+                key = f"{product_id}:{SUBMISSION}"
+                self.documents.setdefault(key, _submission(product_id, document, at))
 
     def save_image_fetch(self, product_id: str, attempt: int, document: dict[str, Any]) -> None:
         self._put(

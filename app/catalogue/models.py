@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 from django.db.models import Count, F, Max, Q
+from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 
 TITLE_MAX_LENGTH = 200
@@ -103,13 +104,20 @@ class SubmissionQuerySet(models.QuerySet):
         """Accepted and not done yet: the outbox still owes them a step."""
         return self.filter(done_at__isnull=True)
 
-    def due(self, now: datetime) -> SubmissionQuerySet:
-        """Not done and past their re-drive deadline, the longest overdue first."""
-        return self.filter(done_at__isnull=True, redrive_at__lte=now).order_by("redrive_at")
+    def to_send_again(self, now: datetime, drained_before: datetime | None) -> SubmissionQuerySet:
+        """What the re-drive sends again: not done, and either taken by a worker that has not
+        finished it by its deadline (the task died or gave up), or never taken although every
+        message published before `drained_before` has since left the queues (the broker dropped
+        it, or its publish failed). A message merely waiting in a backlog is neither."""
+        stuck = Q(claimed_at__gte=F("sent_at"), redrive_at__lte=now)
+        unclaimed = Q(claimed_at__isnull=True) | Q(claimed_at__lt=F("sent_at"))
+        lost = unclaimed & Q(sent_at__lt=drained_before) if drained_before else Q(pk__in=())
+        return self.filter(stuck | lost, done_at__isnull=True).order_by("sent_at")
 
     def batches_to_summarise(self, done_before: datetime) -> models.QuerySet:
         """Ids of batches whose products are all done (the last before `done_before`) and whose
-        summary was never recorded: their chord lost a member, which was re-driven alone."""
+        summary was never recorded: their insert_batch was lost and the members re-driven
+        one by one."""
         return (
             self.filter(batch_id__isnull=False, summarised_at__isnull=True)
             .values("batch_id")
@@ -132,10 +140,20 @@ class Submission(models.Model):
 
     The row keeps the insert_product message as it was first sent; the tasks record each step
     (stored, history written, indexed) and the row is done once all three are. Until then the
-    beat task `redrive_submissions` sends the message again whenever `redrive_at` passes, with
-    the deadline doubling per send (CATALOGUE_REDRIVE_AFTER, capped at
-    CATALOGUE_REDRIVE_BACKOFF_CAP). Done rows are pruned after
-    CATALOGUE_SUBMISSION_RETENTION_DAYS.
+    beat task `redrive_submissions` sends its work again when it is lost, and only then:
+
+    - `sent_at` is when its latest message went out (the insert, then the indexing), and
+      `claimed_at` when a worker last started on it. A message sent and not claimed is either
+      waiting in a queue, however long the backlog, or lost. The re-drive tells the two apart
+      with probes (QueueProbe): a probe published after the message and consumed since means
+      the message has left the queue, so if nobody claimed it, it was dropped.
+    - A claimed submission that is not done by `redrive_at` was taken by a task that died or
+      gave up. A claim pushes `redrive_at` to at least CATALOGUE_CLAIM_LEASE ahead, longer than a
+      worker may hold a task with its retries; each send sets it CATALOGUE_REDRIVE_AFTER ahead,
+      doubling per send up to CATALOGUE_REDRIVE_BACKOFF_CAP, so a task that keeps failing is not
+      sent again every lease.
+
+    Done rows are pruned after CATALOGUE_SUBMISSION_RETENTION_DAYS.
     """
 
     STORED = "stored_at"
@@ -150,6 +168,10 @@ class Submission(models.Model):
     accepted_at = models.DateTimeField(default=timezone.now)
     sends = models.PositiveIntegerField(default=1)
     redrive_at = models.DateTimeField()
+    # The database's default too: rows the previous release writes during a deploy (it does not
+    # know the column) are sent as they are accepted.
+    sent_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    claimed_at = models.DateTimeField(null=True, blank=True)
     stored_at = models.DateTimeField(null=True, blank=True)
     history_at = models.DateTimeField(null=True, blank=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
@@ -166,6 +188,11 @@ class Submission(models.Model):
                 fields=("redrive_at",),
                 condition=Q(done_at__isnull=True),
                 name="catalogue_submission_due",
+            ),
+            models.Index(
+                fields=("sent_at",),
+                condition=Q(done_at__isnull=True),
+                name="catalogue_submission_sent",
             ),
             models.Index(
                 fields=("done_at",),
@@ -196,6 +223,7 @@ class Submission(models.Model):
             batch_id=batch_id,
             payload=payload,
             accepted_at=now,
+            sent_at=now,
             redrive_at=now + cls.redrive_delay(1),
         )
 
@@ -203,19 +231,82 @@ class Submission(models.Model):
     def sent_again(cls, pk: uuid.UUID | str, sends: int, now: datetime) -> None:
         """Record a re-drive: one more send, and a deadline twice as far (up to the cap)."""
         cls.objects.filter(pk=pk, done_at__isnull=True).update(
-            sends=F("sends") + 1, redrive_at=now + cls.redrive_delay(sends + 1)
+            sends=F("sends") + 1, sent_at=now, redrive_at=now + cls.redrive_delay(sends + 1)
         )
 
     @classmethod
+    def claim(cls, product_ids: list[str]) -> None:
+        """A worker starts on these submissions' messages (a retry claims again): from now
+        their deadline runs from this claim, not from the send."""
+        now = timezone.now()
+        lease = now + timedelta(seconds=settings.CATALOGUE_CLAIM_LEASE)
+        cls.objects.filter(pk__in=product_ids, done_at__isnull=True).update(
+            claimed_at=now, redrive_at=Greatest(F("redrive_at"), lease)
+        )
+
+    @classmethod
+    def forwarded(cls, product_ids: list[str]) -> None:
+        """The claimed task has queued the next step's message (the indexing): the submission
+        waits in a queue again, unclaimed, until a worker takes that message."""
+        cls.objects.filter(pk__in=product_ids, done_at__isnull=True).update(sent_at=timezone.now())
+
+    @classmethod
     def mark(cls, product_id: uuid.UUID | str, step: str) -> None:
-        """Record that `step` is done for this product, and the whole submission once every step
-        is. Repeating it changes nothing; a product without a submission row is left alone.
+        """Record that `step` is done for this product (see mark_all)."""
+        cls.mark_all([product_id], step)
+
+    @classmethod
+    def mark_all(cls, product_ids: list[uuid.UUID | str], step: str) -> None:
+        """Record that `step` is done for these products, and each whole submission once every
+        step is. Repeating it changes nothing; a product without a submission row is left alone.
 
         A step's own check for completion runs after the step is written, so whichever step is
         written last sees the others and closes the submission. (`stored` is written inside the
         insert's transaction, but nothing else can happen before that commits: the history and
         the indexing need the product row.)"""
         now = timezone.now()
-        if cls.objects.filter(pk=product_id, **{f"{step}__isnull": True}).update(**{step: now}):
+        rows = cls.objects.filter(pk__in=product_ids)
+        if rows.filter(**{f"{step}__isnull": True}).update(**{step: now}):
             finished = {f"{name}__isnull": False for name in cls.STEPS}
-            cls.objects.filter(pk=product_id, done_at__isnull=True, **finished).update(done_at=now)
+            rows.filter(done_at__isnull=True, **finished).update(done_at=now)
+
+
+class QueueProbe(models.Model):
+    """A probe message the re-drive published to a queue at `sent_at`, consumed at `ran_at`.
+
+    Queues hand out messages in the order they were published, so once a probe is consumed
+    every message published to its queue before it has been delivered. A worker may hold a
+    delivered message for up to a task's hard time limit before starting it (prefetch), so a
+    probe counts only CELERY_TASK_TIME_LIMIT after it ran.
+
+    Why probes rather than the queue's depth: a depth says how many messages wait, not whether
+    one submission's is among them, and under steady load it is never zero, so a dropped
+    message would wait for a quiet moment. A deadline from the send cannot tell either: a
+    backlog may hold a message for any time. A probe is one more message in the same queue, so
+    it moves exactly as fast as the backlog does, and it needs nothing from the broker but
+    the order it already keeps (no management API, no credentials for it)."""
+
+    queue = models.CharField(max_length=32)
+    sent_at = models.DateTimeField()
+    ran_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = (models.Index(fields=("queue", "ran_at"), name="catalogue_probe_ran"),)
+
+    def __str__(self) -> str:
+        return f"probe {self.queue} {self.sent_at}"
+
+    @classmethod
+    def drained_before(cls, queues: tuple[str, ...], now: datetime) -> datetime | None:
+        """Every message published to all of `queues` before this time has been started by a
+        worker, or lost; None until a probe has come back through each queue."""
+        settled = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+        marks = [
+            cls.objects.filter(queue=queue, ran_at__lte=settled).aggregate(m=Max("sent_at"))["m"]
+            for queue in queues
+        ]
+        if None in marks:
+            return None
+        # A message's sent_at is written just before its publish (in the transaction that
+        # commits first), so it may reach the queue a little after a probe sent later.
+        return min(marks) - timedelta(seconds=settings.CATALOGUE_PUBLISH_SLACK)

@@ -8,6 +8,7 @@ keyed by it."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from pymongo.errors import PyMongoError
 from . import autocomplete_cache, imagefetch
 from .backoff import backoff_delay
 from .documents import get_store
-from .models import Event, EventKind, ImageStatus, Product, Submission
+from .models import Event, EventKind, ImageStatus, Product, QueueProbe, Submission
 from .search import indexer
 from .search.client import SearchUnavailable, get_client
 
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 _aliases_ready: set[str] = set()
 # PostgreSQL restarting: retry soon rather than wait for the outbox's deadline.
 DATABASE_OUTAGE = (OperationalError, InterfaceError)
+# The queues the outbox's messages go to: inserts to `default`, indexing to `indexing`.
+OUTBOX_QUEUES = ("default", "indexing")
+PROBES_KEPT = timedelta(hours=1)
+# Seconds fetch_images waits for its attempts: its soft time limit less a margin to send on.
+IMAGE_FETCH_BATCH_BUDGET = 25
 
 
 def _ensure_alias(client: Any, alias: str) -> None:
@@ -53,6 +59,7 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     re-driven message finds the row it wrote before (get_or_create), so nothing is ever stored
     twice; the history document's id is derived from it too."""
     product_id = payload["id"]
+    Submission.claim([product_id])
     steps = (
         Submission.objects.filter(pk=product_id)
         .values_list("stored_at", "history_at", "indexed_at")
@@ -64,6 +71,7 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         # message, so a backlog after an outage is not multiplied by image fetches.
         if not steps[2]:
             index_product.delay(product_id)
+            Submission.forwarded([product_id])
         return {"id": product_id, "created": False}
     with transaction.atomic():
         product, created = Product.objects.get_or_create(
@@ -81,6 +89,7 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         # Enqueued only once the row is committed, and again on a redelivery: indexing is
         # idempotent, and the first delivery may have died between commit and publish.
         index_product.delay_on_commit(str(product.id))
+        Submission.forwarded([product.id])
         if product.image_status == ImageStatus.PENDING:
             fetch_image_metadata.delay_on_commit(str(product.id), product.image_url)
     get_store().save_submission(str(product.id), payload)
@@ -88,11 +97,82 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     return {"id": str(product.id), "created": created, "title": product.title}
 
 
+@shared_task(
+    bind=True,
+    name="catalogue.tasks.insert_batch",
+    autoretry_for=(PyMongoError, *DATABASE_OUTAGE),
+    retry_backoff=2,
+    retry_backoff_max=settings.INSERT_BACKOFF_CAP,
+    retry_jitter=True,
+    max_retries=50,
+)
+def insert_batch(self: Any, payloads: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
+    """Store a batch's submissions together: one INSERT of the products and one of their
+    `created` events, one insert_many of their history documents, one message to index them
+    all and one to fetch their images, then the batch's summary. As with insert_product,
+    running it twice stores, records and summarises each product once: the members' outbox
+    rows are locked while the products are looked up and inserted, the history documents' ids
+    are derived, and a member already stored with its history costs at most its indexing."""
+    ids = [payload["id"] for payload in payloads]
+    Submission.claim(ids)
+    with transaction.atomic():
+        # In one order, so two copies of a batch (or a re-driven member) queue behind each
+        # other instead of deadlocking; the second finds the products stored.
+        rows = Submission.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+        steps = {
+            str(pk): (stored and history, indexed)
+            for pk, stored, history, indexed in rows.values_list(
+                "pk", "stored_at", "history_at", "indexed_at"
+            )
+        }
+        existing = {
+            str(pk): image_status
+            for pk, image_status in Product.objects.filter(pk__in=ids).values_list(
+                "pk", "image_status"
+            )
+        }
+        new = [payload for payload in payloads if payload["id"] not in existing]
+        Product.objects.bulk_create(
+            Product(
+                id=payload["id"],
+                title=payload["title"],
+                description=payload.get("description", ""),
+                image_url=payload["image_url"],
+                submitted_at=datetime.fromisoformat(payload["submitted_at"]),
+            )
+            for payload in new
+        )
+        Event.objects.bulk_create(
+            Event(product_id=payload["id"], kind=EventKind.CREATED) for payload in new
+        )
+        Submission.mark_all(ids, Submission.STORED)
+        open_ = [p for p in payloads if not steps.get(p["id"], (False, False))[0]]
+        to_index = [pk for pk in ids if not steps.get(pk, (False, False))[1]]
+        images = [
+            [p["id"], p["image_url"]]
+            for p in open_
+            if existing.get(p["id"], ImageStatus.PENDING) == ImageStatus.PENDING
+        ]
+        if to_index:
+            index_products.delay_on_commit(to_index)
+            Submission.forwarded(to_index)
+        if images:
+            fetch_images.delay_on_commit(images)
+    get_store().save_submissions({payload["id"]: payload for payload in open_})
+    Submission.mark_all([payload["id"] for payload in open_], Submission.HISTORY)
+    results = [{"id": p["id"], "created": p["id"] not in existing} for p in payloads]
+    # A copy of the batch run after the summary was written would count every product as
+    # already present: the first summary stands.
+    if Submission.objects.filter(batch_id=batch_id, summarised_at__isnull=True).exists():
+        summarise_batch(results, batch_id)
+    return {"batch_id": batch_id, "products": len(payloads), "created": len(new)}
+
+
 @shared_task(name="catalogue.tasks.summarise_batch")
 def summarise_batch(results: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
-    """Second round of a batch chord: fed by every insert's result. Also sent by
-    redrive_submissions for a batch whose chord lost a member (the document is replaced, so
-    both may run)."""
+    """A batch's summary, from its inserts' results: written by insert_batch, and sent by
+    redrive_submissions for a batch whose members were re-driven one by one (the document is
+    replaced, so both may run)."""
     summary = {
         "batch_id": batch_id,
         "status": "done",
@@ -118,6 +198,7 @@ def summarise_batch(results: list[dict[str, Any]], batch_id: str) -> dict[str, A
     max_retries=None,  # Elasticsearch down never loses a product: retry until it is back.
 )
 def index_product(self: Any, product_id: str) -> dict[str, Any]:
+    Submission.claim([product_id])
     client = get_client()
     alias = indexer.alias_name()
     _ensure_alias(client, alias)
@@ -136,6 +217,39 @@ def index_product(self: Any, product_id: str) -> dict[str, Any]:
     Event.record(product.id, EventKind.INDEXED, alias=alias)
     Submission.mark(product.id, Submission.INDEXED)
     return {"id": product_id, "indexed": True}
+
+
+@shared_task(
+    bind=True,
+    name="catalogue.tasks.index_products",
+    autoretry_for=(SearchUnavailable, *DATABASE_OUTAGE),
+    retry_backoff=2,
+    retry_backoff_max=settings.INDEXING_BACKOFF_CAP,
+    retry_jitter=True,
+    max_retries=None,  # as index_product: never dropped while Elasticsearch is down
+)
+def index_products(self: Any, product_ids: list[str]) -> dict[str, Any]:
+    """index_product for a batch: one query for the rows, one _bulk request for their
+    documents, one INSERT of their `indexed` events, one update of their outbox rows."""
+    Submission.claim(product_ids)
+    client = get_client()
+    alias = indexer.alias_name()
+    _ensure_alias(client, alias)
+    products = list(Product.objects.filter(id__in=product_ids))
+    created = client.index_documents(alias, [(str(p.id), p.search_document()) for p in products])
+    found = {str(product.id) for product in products}
+    missing = [pk for pk in product_ids if pk not in found]
+    for product_id in missing:
+        client.delete_document(alias, product_id)
+    # As in index_product: new documents retire cached autocomplete answers.
+    if created or missing or not _first_delivery(self.request):
+        autocomplete_cache.bump()
+    Event.objects.bulk_create(
+        Event(product_id=product.id, kind=EventKind.INDEXED, payload={"alias": alias})
+        for product in products
+    )
+    Submission.mark_all([product.id for product in products], Submission.INDEXED)
+    return {"indexed": len(products), "created": created, "missing": len(missing)}
 
 
 def _first_delivery(request: Any) -> bool:
@@ -168,16 +282,20 @@ def reconcile_index(self: Any) -> dict[str, Any]:
 
 @shared_task(name="catalogue.tasks.redrive_submissions")
 def redrive_submissions() -> dict[str, int]:
-    """Beat task of the outbox: send insert_product again for every submission that is not done
-    by its deadline (the broker may have dropped it, or a task given up), or only index_product
-    when the product is stored and has its history, and the summary of every batch that is done
-    but has none.
+    """Beat task of the outbox: send insert_product again for every submission whose work was
+    lost (see Submission.to_send_again), or only index_product when the product is stored and
+    has its history, and the summary of every batch that is done but has none. Then a probe
+    to each queue, which tells a later run what has left the queues.
 
-    Each row is marked as sent again only after its publish returned; a publish that fails
-    fails this run, and the next run picks up what is still overdue."""
+    A submission whose message is waiting in a queue, behind a backlog of any length, is not
+    sent again: that only doubled the backlog. Each row is marked as sent again only after its
+    publish returned; a publish that fails fails this run, and the next run picks up what is
+    still lost."""
     now = timezone.now()
+    drained_before = QueueProbe.drained_before(OUTBOX_QUEUES, now)
+    lost = Submission.objects.to_send_again(now, drained_before)
     redriven = 0
-    for submission in Submission.objects.due(now)[: settings.CATALOGUE_REDRIVE_BATCH]:
+    for submission in lost[: settings.CATALOGUE_REDRIVE_BATCH]:
         if submission.stored_at and submission.history_at:
             # Only the indexing is missing: sending the whole insert again would also queue
             # another image fetch, and after an outage the re-drive must not multiply the work.
@@ -195,9 +313,19 @@ def redrive_submissions() -> dict[str, int]:
         ids = members.order_by("accepted_at", "pk").values_list("pk", flat=True)
         # Product ids are new for every submission: each stored product was created by it.
         summarise_batch.delay([{"id": str(pk), "created": True} for pk in ids], str(batch_id))
+    QueueProbe.objects.filter(ran_at__lt=now - PROBES_KEPT).delete()
+    for queue in OUTBOX_QUEUES:
+        probe_queue.apply_async((queue, now.isoformat()), queue=queue, routing_key=queue)
     if redriven or batches:
         log.warning("outbox: sent again %d submissions, %d batch summaries", redriven, len(batches))
     return {"redriven": redriven, "batches": len(batches)}
+
+
+@shared_task(name="catalogue.tasks.probe_queue", ignore_result=True)
+def probe_queue(queue: str, sent_at: str) -> None:
+    """The re-drive's probe, consumed: every message published to `queue` before `sent_at`
+    has been delivered (see QueueProbe)."""
+    QueueProbe.objects.create(queue=queue, sent_at=datetime.fromisoformat(sent_at))
 
 
 @shared_task(
@@ -256,25 +384,75 @@ def fetch_image_metadata(self: Any, product_id: str, image_url: str | None = Non
             return {"id": product_id, "outcome": "missing"}
     attempt = self.request.retries or 0
     try:
-        result = imagefetch.fetch(
-            image_url,
-            timeout=settings.IMAGE_FETCH_TIMEOUT,
-            allow_private=settings.IMAGE_FETCH_ALLOW_PRIVATE,
-            deny=imagefetch.parse_networks(settings.IMAGE_FETCH_DENY),
-        )
+        result = _fetch_image(image_url)
     except SoftTimeLimitExceeded:
         result = imagefetch.FetchResult("unreachable", True, image_url, error="time limit")
-    if result.error:
-        log.info("image fetch of %s: %s (%s)", product_id, result.outcome, result.error)
-    max_retries = settings.IMAGE_FETCH_MAX_RETRIES
-    final = not (result.retryable and attempt < max_retries)
+    final = _image_attempt_is_final(product_id, attempt, result)
     record_image_attempt.delay(product_id, attempt, result.public(), final)
     if not final:
-        delay = backoff_delay(
-            attempt, settings.IMAGE_FETCH_BACKOFF_BASE, settings.IMAGE_FETCH_BACKOFF_CAP
-        )
-        raise self.retry(countdown=delay, max_retries=max_retries)
+        raise self.retry(countdown=_image_retry_delay(attempt), max_retries=_image_max_retries())
     return {"id": product_id, "attempts": attempt + 1, **result.public()}
+
+
+@shared_task(
+    name="catalogue.tasks.fetch_images",
+    soft_time_limit=30,
+    time_limit=45,
+    ignore_result=True,
+)
+def fetch_images(items: list[list[str]]) -> dict[str, int]:
+    """The first image-metadata attempt of a batch's products ([product id, URL] each), at
+    most IMAGE_FETCH_CONCURRENCY at once, on the `slow` queue like fetch_image_metadata and
+    touching no data service either: the outcomes leave as one record_image_attempts message.
+    A product whose attempt may succeed later goes on as its own fetch_image_metadata, at
+    attempt 1 after its backoff. Attempts still running when the budget (below the soft time
+    limit) is spent count as timed out, and are retried so."""
+    pool = ThreadPoolExecutor(max_workers=max(1, settings.IMAGE_FETCH_CONCURRENCY))
+    futures = [pool.submit(_fetch_image, url) for _, url in items]
+    finished, _ = wait(futures, timeout=IMAGE_FETCH_BATCH_BUDGET)
+    # Threads still fetching end at their own timeouts; nothing waits for them.
+    pool.shutdown(wait=False, cancel_futures=True)
+    attempts, retried = [], 0
+    for (product_id, url), future in zip(items, futures, strict=True):
+        if future in finished and future.exception() is None:
+            result = future.result()
+        else:
+            error = "time limit" if future not in finished else repr(future.exception())
+            result = imagefetch.FetchResult("unreachable", True, url, error=error)
+        final = _image_attempt_is_final(product_id, 0, result)
+        attempts.append([product_id, 0, result.public(), final])
+        if not final:
+            fetch_image_metadata.apply_async(
+                (product_id, url), countdown=_image_retry_delay(0), retries=1
+            )
+            retried += 1
+    record_image_attempts.delay(attempts)
+    return {"fetched": len(items), "retried": retried}
+
+
+def _fetch_image(image_url: str) -> imagefetch.FetchResult:
+    return imagefetch.fetch(
+        image_url,
+        timeout=settings.IMAGE_FETCH_TIMEOUT,
+        allow_private=settings.IMAGE_FETCH_ALLOW_PRIVATE,
+        deny=imagefetch.parse_networks(settings.IMAGE_FETCH_DENY),
+    )
+
+
+def _image_max_retries() -> int:
+    return settings.IMAGE_FETCH_MAX_RETRIES
+
+
+def _image_attempt_is_final(product_id: str, attempt: int, result: Any) -> bool:
+    if result.error:
+        log.info("image fetch of %s: %s (%s)", product_id, result.outcome, result.error)
+    return not (result.retryable and attempt < _image_max_retries())
+
+
+def _image_retry_delay(attempt: int) -> float:
+    return backoff_delay(
+        attempt, settings.IMAGE_FETCH_BACKOFF_BASE, settings.IMAGE_FETCH_BACKOFF_CAP
+    )
 
 
 @shared_task(
@@ -293,15 +471,58 @@ def record_image_attempt(product_id: str, attempt: int, shown: dict[str, Any], f
         record_image_result(product_id, shown)
 
 
+@shared_task(
+    name="catalogue.tasks.record_image_attempts",
+    autoretry_for=(PyMongoError, *DATABASE_OUTAGE),
+    retry_backoff=2,
+    retry_backoff_max=settings.INSERT_BACKOFF_CAP,
+    retry_jitter=True,
+    max_retries=20,
+)
+def record_image_attempts(attempts: list[list[Any]]) -> None:
+    """record_image_attempt for a batch's attempts ([product id, attempt, shown, final] each):
+    the final outcomes are written in one transaction and indexed by one message."""
+    store = get_store()
+    for product_id, attempt, shown, _ in attempts:
+        store.save_image_fetch(product_id, attempt, shown)
+    final = {product_id: shown for product_id, _, shown, is_final in attempts if is_final}
+    if not final:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        products = list(Product.objects.select_for_update().filter(id__in=final).order_by("pk"))
+        for product in products:
+            _keep_image_result(product, final[str(product.id)], now)
+        # bulk_update skips auto_now: updated_at is among the fields, set above.
+        Product.objects.bulk_update(products, IMAGE_FIELDS)
+        if products:
+            index_products.delay_on_commit([str(product.id) for product in products])
+
+
+IMAGE_FIELDS = (
+    "image_status",
+    "image_outcome",
+    "image_content_type",
+    "image_size",
+    "image_checked_at",
+    "updated_at",
+)
+
+
+def _keep_image_result(product: Product, shown: dict[str, Any], now: datetime) -> None:
+    product.image_status = ImageStatus.OK if shown["outcome"] == "ok" else ImageStatus.FAILED
+    product.image_outcome = shown["outcome"]
+    product.image_content_type = shown.get("content_type") or ""
+    product.image_size = shown.get("content_length")
+    product.image_checked_at = now
+    product.updated_at = now
+
+
 def record_image_result(product_id: str, shown: dict[str, Any]) -> None:
     with transaction.atomic():
         product = Product.objects.select_for_update().filter(id=product_id).first()
         if product is None:
             return
-        product.image_status = ImageStatus.OK if shown["outcome"] == "ok" else ImageStatus.FAILED
-        product.image_outcome = shown["outcome"]
-        product.image_content_type = shown.get("content_type") or ""
-        product.image_size = shown.get("content_length")
-        product.image_checked_at = timezone.now()
+        _keep_image_result(product, shown, timezone.now())
         product.save()
         index_product.delay_on_commit(product_id)

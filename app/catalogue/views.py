@@ -10,7 +10,6 @@ import uuid
 from functools import partial
 from typing import Any
 
-from celery import chord
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, InterfaceError, transaction
@@ -72,8 +71,7 @@ def _publish(submissions: list[dict[str, Any]], batch_id: str | None) -> None:
             for submission in submissions:
                 tasks.insert_product.delay(submission)
         else:
-            header = [tasks.insert_product.s(submission) for submission in submissions]
-            chord(header)(tasks.summarise_batch.s(batch_id))
+            tasks.insert_batch.delay(submissions, batch_id)
     except Exception:
         log.warning(
             "publishing %d recorded submissions failed; the outbox re-drives them",
@@ -188,7 +186,8 @@ def api_products(request: HttpRequest) -> JsonResponse:
 @require_POST
 @token_required
 def api_batch(request: HttpRequest) -> JsonResponse:
-    """Round 1: one insert per product, in parallel. Round 2: a summary fed by round 1."""
+    """All the products in one insert_batch message: one bulk insert, one bulk indexing and
+    one insert_many of their history, then the batch's summary."""
     data, bad = _json_body(request)
     if bad:
         return bad

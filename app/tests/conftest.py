@@ -22,6 +22,7 @@ class Published:
     kwargs: dict[str, Any]
     embed: dict[str, Any]
     delivery_mode: int | None
+    headers: dict[str, Any] = field(default_factory=dict)
 
 
 class Broker:
@@ -42,6 +43,7 @@ class Broker:
                             kwargs,
                             embed,
                             message.properties.get("delivery_mode"),
+                            dict(message.headers),
                         )
                     )
         return messages
@@ -105,6 +107,13 @@ class FakeElasticsearch:
                     names.append(target["index"])
                 else:
                     names.remove(target["index"])
+
+    def index_documents(self, index: str, docs: Any) -> int:
+        docs = list(docs)
+        self._call("index_documents", index, docs)
+        created = sum(1 for doc_id, _ in docs if doc_id not in self.documents)
+        self.documents.update(dict(docs))
+        return created
 
     def bulk_index(self, index: str, docs: Any) -> int:
         docs = list(docs)

@@ -200,7 +200,7 @@ def test_batch_rejects_everything_when_one_item_is_bad(client, broker):
     assert broker.drain() == []
 
 
-def test_batch_enqueues_one_insert_per_product_with_a_summary_chord(
+def test_batch_enqueues_one_message_for_all_its_products(
     client, broker, django_capture_on_commit_callbacks
 ):
     items = [{"title": f"Item {i}", "image_url": f"https://example.org/{i}.png"} for i in range(3)]
@@ -208,13 +208,12 @@ def test_batch_enqueues_one_insert_per_product_with_a_summary_chord(
         response = post(client, {"products": items}, "/api/products/batch")
     assert response.status_code == 202
     body = response.json()
-    messages = broker.drain()
-    assert [m.task for m in messages] == ["catalogue.tasks.insert_product"] * 3
-    assert {m.queue for m in messages} == {"default"}
-    assert [m.args[0]["id"] for m in messages] == [p["id"] for p in body["products"]]
-    callbacks = {m.embed["chord"]["task"] for m in messages}
-    assert callbacks == {"catalogue.tasks.summarise_batch"}
-    assert messages[0].embed["chord"]["args"] == [body["batch_id"]]
+    [message] = broker.drain()
+    assert (message.task, message.queue) == ("catalogue.tasks.insert_batch", "default")
+    payloads, batch_id = message.args
+    assert [p["id"] for p in payloads] == [p["id"] for p in body["products"]]
+    assert [p["title"] for p in payloads] == [item["title"] for item in items]
+    assert batch_id == body["batch_id"]
     recorded = Submission.objects.filter(batch_id=body["batch_id"])
     assert sorted(str(pk) for pk in recorded.values_list("pk", flat=True)) == sorted(
         p["id"] for p in body["products"]

@@ -139,6 +139,21 @@ def test_a_redelivered_event_rewrites_its_document_instead_of_adding_one(any_sto
     assert history[1]["data"] == {"outcome": "ok"}
 
 
+def test_a_batch_of_submissions_sent_again_adds_no_document(any_store):
+    """One insert_many per batch; a redelivered batch finds its documents and adds none."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    any_store.save_submissions({pid: {"title": f"Item {n}"} for n, pid in enumerate(ids)})
+    late = str(uuid.uuid4())
+    again = {pid: {"title": "Redelivered"} for pid in ids[1:]} | {late: {"title": "Late"}}
+    any_store.save_submissions(again)
+
+    for n, pid in enumerate(ids):
+        [doc] = any_store.history(pid)
+        assert (doc["kind"], doc["data"]["title"]) == ("submission", f"Item {n}")
+    [doc] = any_store.history(late)
+    assert doc["data"]["title"] == "Late"
+
+
 def test_an_unknown_product_has_no_history_and_an_unknown_batch_is_none(any_store):
     assert any_store.history(str(uuid.uuid4())) == []
     assert any_store.get_batch(str(uuid.uuid4())) is None
@@ -190,3 +205,45 @@ def test_mongo_store_is_refused_with_a_wrong_password(settings, mongod):
             documents.get_store().save_submission(str(uuid.uuid4()), {"title": "x"})
     finally:
         documents.get_store.cache_clear()
+
+
+class RefusingHistory:
+    """A `history` collection whose insert_many answers with the given write errors."""
+
+    def __init__(self, details):
+        self.details = details
+        self.inserted = []
+
+    def insert_many(self, documents, ordered):
+        from pymongo.errors import BulkWriteError  # noqa: PLC0415
+
+        self.inserted.append((documents, ordered))
+        raise BulkWriteError(self.details)
+
+
+@pytest.mark.parametrize(
+    ("details", "raised"),
+    [
+        ({"writeErrors": [{"index": 0, "code": 11000}], "writeConcernErrors": []}, False),
+        ({"writeErrors": [{"index": 0, "code": 11000}, {"index": 1, "code": 121}]}, True),
+        ({"writeErrors": [], "writeConcernErrors": [{"code": 64}]}, True),
+    ],
+    ids=["duplicates", "a-document-refused", "write-concern"],
+)
+def test_mongostore_ignores_only_the_duplicates_of_a_batch_sent_again(details, raised):
+    """Without a server: the errors MongoDB answers a batch's insert_many with. Duplicate ids
+    are the redelivery's and pass; any other error is raised, so the task retries."""
+    from pymongo.errors import BulkWriteError  # noqa: PLC0415
+
+    store = object.__new__(documents.MongoStore)
+    history = RefusingHistory(details)
+    store._history = lambda: history
+    batch = {str(uuid.uuid4()): {"title": "A"}, str(uuid.uuid4()): {"title": "B"}}
+    if raised:
+        with pytest.raises(BulkWriteError):
+            store.save_submissions(batch)
+    else:
+        store.save_submissions(batch)
+    [(sent, ordered)] = history.inserted
+    assert ordered is False
+    assert [doc["_id"] for doc in sent] == [f"{pid}:submission" for pid in batch]

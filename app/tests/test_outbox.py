@@ -7,25 +7,42 @@ from datetime import timedelta
 
 import pytest
 from django.db import InterfaceError, OperationalError, connections
+from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from catalogue import tasks
-from catalogue.models import Event, Product, Submission
+from catalogue.models import Event, Product, QueueProbe, Submission
 
 GOOD = {"title": "Python Cookbook", "image_url": "https://example.org/cover.png"}
 INSERT = "catalogue.tasks.insert_product"
 INDEX = "catalogue.tasks.index_product"
 FETCH = "catalogue.tasks.fetch_image_metadata"
+PROBE = "catalogue.tasks.probe_queue"
 
 
 def post(client, data, path="/api/products/"):
     return client.post(path, data=json.dumps(data), content_type="application/json")
 
 
-def overdue(*product_ids, by=timedelta(seconds=1)):
-    """Move the re-drive deadline of these submissions into the past."""
-    Submission.objects.filter(pk__in=product_ids).update(redrive_at=timezone.now() - by)
+def probes_came_back(sent):
+    """A probe published at `sent` was consumed from every queue, long enough ago that any
+    message delivered before it has started."""
+    ran = timezone.now() - timedelta(seconds=91)
+    for queue in tasks.OUTBOX_QUEUES:
+        QueueProbe.objects.create(queue=queue, sent_at=sent, ran_at=ran)
+
+
+def lost_in_the_broker(*product_ids):
+    """These submissions' messages were dropped: sent ten minutes ago, never taken, and a probe
+    published after them has since come back through the queues."""
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Submission.objects.filter(pk__in=product_ids).update(sent_at=long_ago, redrive_at=long_ago)
+    probes_came_back(sent=timezone.now() - timedelta(minutes=5))
+
+
+def sent(messages, task=INSERT):
+    return [m for m in messages if m.task == task]
 
 
 def finished_long_ago(*product_ids, days):
@@ -81,6 +98,8 @@ def test_the_submission_is_committed_before_its_message_is_published(client, bro
     assert str(submission.pk) == response.json()["id"] == message.args[0]["id"]
     assert submission.payload == message.args[0]
     assert submission.sends == 1
+    assert submission.sent_at == submission.accepted_at
+    assert submission.claimed_at is None
     assert submission.redrive_at - submission.accepted_at == timedelta(seconds=120)
     assert Product.objects.count() == 0
 
@@ -99,10 +118,9 @@ def test_a_publish_the_broker_refuses_is_still_accepted_and_left_to_the_redrive(
     monkeypatch.undo()
 
     product_id = response.json()["id"]
-    overdue(product_id)
+    lost_in_the_broker(product_id)
     assert tasks.redrive_submissions.run() == {"redriven": 1, "batches": 0}
-    [message] = broker.drain()
-    assert message.task == INSERT
+    [message] = sent(broker.drain())
     assert message.args[0] == Submission.objects.get(pk=product_id).payload
 
 
@@ -177,7 +195,7 @@ def test_a_submission_is_done_only_once_stored_recorded_and_indexed(fake_es, sto
 
 
 @pytest.mark.django_db
-def test_a_submission_whose_history_failed_is_not_done(fake_es, store, monkeypatch):
+def test_a_submission_whose_history_failed_is_not_done(fake_es, store, monkeypatch, settings):
     submission = recorded()
 
     def mongodb_down(*args):
@@ -190,42 +208,179 @@ def test_a_submission_whose_history_failed_is_not_done(fake_es, store, monkeypat
     submission.refresh_from_db()
     assert submission.stored_at and submission.indexed_at
     assert submission.history_at is None and submission.done_at is None
-    assert list(Submission.objects.due(timezone.now() + timedelta(minutes=3))) == [submission]
+    # Claimed by the tasks: due once their lease runs out, no probe needed.
+    lease = timedelta(seconds=settings.CATALOGUE_CLAIM_LEASE)
+    assert list(Submission.objects.to_send_again(timezone.now() + lease / 2, None)) == []
+    later = timezone.now() + lease + timedelta(seconds=1)
+    assert list(Submission.objects.to_send_again(later, None)) == [submission]
 
 
 # --- the re-drive --------------------------------------------------------------------------------
 
 
 @pytest.mark.django_db
-def test_the_redrive_sends_only_overdue_submissions_that_are_not_done(broker, settings):
+def test_the_redrive_sends_only_lost_submissions_that_are_not_done(broker, settings):
     settings.CATALOGUE_REDRIVE_AFTER = 60
     lost = recorded()
     half_done = recorded(stored_at=timezone.now(), indexed_at=timezone.now())
-    not_yet_due = recorded()
+    Submission.claim([half_done.pk])
+    working = recorded()
+    Submission.claim([working.pk])
     done = recorded(done_at=timezone.now())
-    overdue(lost.pk, half_done.pk, done.pk, by=timedelta(seconds=5))
-    overdue(not_yet_due.pk, by=-timedelta(seconds=30))
+    lost_in_the_broker(lost.pk, done.pk)
+    # The claim's lease has run out for one, not for the other.
+    lease = timedelta(seconds=settings.CATALOGUE_CLAIM_LEASE)
+    Submission.objects.filter(pk=half_done.pk).update(redrive_at=timezone.now() - lease)
 
     before = timezone.now()
     assert tasks.redrive_submissions.run() == {"redriven": 2, "batches": 0}
     after = timezone.now()
 
-    messages = broker.drain()
-    assert {m.task for m in messages} == {INSERT}
+    messages = sent(broker.drain())
     assert sorted(m.args[0]["id"] for m in messages) == sorted([str(lost.pk), str(half_done.pk)])
     assert {m.args[0]["id"]: m.args[0] for m in messages}[str(lost.pk)] == lost.payload
     for submission in (lost, half_done):
         submission.refresh_from_db()
         assert submission.sends == 2
+        assert before <= submission.sent_at <= after
         # The second send waits twice as long.
         assert before + timedelta(seconds=120) <= submission.redrive_at
         assert submission.redrive_at <= after + timedelta(seconds=120)
-    for untouched in (not_yet_due, done):
+    for untouched in (working, done):
         untouched.refresh_from_db()
         assert untouched.sends == 1
 
     assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
-    assert broker.drain() == []
+    assert sent(broker.drain()) == []
+
+
+def consume_probes(broker, aged=timedelta(0)):
+    """A worker takes the probes queued so far; `aged`: as long ago as that."""
+    for message in sent(broker.drain(), PROBE):
+        tasks.probe_queue.run(*message.args)
+    QueueProbe.objects.update(ran_at=F("ran_at") - aged)
+
+
+@pytest.mark.django_db
+def test_a_message_waiting_behind_a_backlog_is_not_sent_again(
+    client, broker, store, django_capture_on_commit_callbacks
+):
+    """Seen under load: with a backlog of about 14,000 messages, every submission not done two
+    minutes after its send was sent again although its message was only waiting, 500 a minute,
+    and the copies joined the backlog. Half an hour after its send, no worker has taken it and
+    no probe published after it has come back: it is not sent again, however often the
+    re-drive runs, until a worker has it."""
+    with django_capture_on_commit_callbacks(execute=True):
+        product_id = post(client, GOOD).json()["id"]
+    half_an_hour_ago = timezone.now() - timedelta(minutes=30)
+    Submission.objects.filter(pk=product_id).update(
+        accepted_at=half_an_hour_ago, sent_at=half_an_hour_ago, redrive_at=half_an_hour_ago
+    )
+    probes_came_back(sent=half_an_hour_ago - timedelta(minutes=1))  # one published before it
+    for _ in range(3):
+        assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
+    messages = broker.drain()
+    [first] = sent(messages)
+    assert len(sent(messages, PROBE)) == 3 * len(tasks.OUTBOX_QUEUES)
+
+    # The worker reaches it, then the probes queued behind it: its indexing is queued now.
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.insert_product.run(*first.args)
+    for message in sent(messages, PROBE):
+        tasks.probe_queue.run(*message.args)
+    QueueProbe.objects.update(ran_at=F("ran_at") - timedelta(seconds=91))
+    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
+    assert sorted(m.task for m in broker.drain() if m.task != PROBE) == [FETCH, INDEX]
+    submission = Submission.objects.get(pk=product_id)
+    assert submission.sends == 1
+    assert submission.claimed_at < submission.sent_at  # waiting for the indexing worker
+
+
+@pytest.mark.django_db
+def test_a_dropped_message_is_sent_again_once_a_probe_published_after_it_came_back(
+    client, broker, settings, django_capture_on_commit_callbacks
+):
+    """RabbitMQ takes a message it cannot route (right after a restart, before its queues are
+    back) and drops it. Once a probe published after it has come back through the queues, the
+    queue has moved past it: it is sent again then, not only when its send's deadline (here
+    ten minutes) has passed."""
+    settings.CATALOGUE_REDRIVE_AFTER = 600
+    with django_capture_on_commit_callbacks(execute=True):
+        product_id = post(client, GOOD).json()["id"]
+    broker.drain()  # dropped
+    earlier = timedelta(seconds=40)
+    Submission.objects.filter(pk=product_id).update(
+        accepted_at=F("accepted_at") - earlier,
+        sent_at=F("sent_at") - earlier,
+        redrive_at=F("redrive_at") - earlier,
+    )
+    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
+    consume_probes(broker)
+    # A probe just consumed does not count yet: a message delivered before it may still be
+    # held by a worker about to start it.
+    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
+    consume_probes(broker, aged=timedelta(seconds=91))
+
+    assert tasks.redrive_submissions.run() == {"redriven": 1, "batches": 0}
+    [again] = sent(broker.drain())
+    submission = Submission.objects.get(pk=product_id)
+    assert again.args[0] == submission.payload
+    assert submission.sends == 2
+    assert submission.redrive_at > timezone.now()
+    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
+
+
+@pytest.mark.django_db
+def test_a_submission_workers_hold_is_not_sent_again_until_their_claim_runs_out(
+    client, broker, fake_es, store, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """In flight: the insert was sent three minutes ago and taken just now, with MongoDB down,
+    so the worker holds its retry while the indexing it queued runs. Its send's deadline has
+    passed, but a worker may hold a task that long (time limit plus the longest retry
+    countdown): it is not sent again until that lease has run out from the last claim, and
+    then it is, as an insert since its history is missing."""
+    with django_capture_on_commit_callbacks(execute=True):
+        product_id = post(client, GOOD).json()["id"]
+    [first] = broker.drain()
+    three_minutes_ago = timezone.now() - timedelta(minutes=3)
+    Submission.objects.filter(pk=product_id).update(
+        accepted_at=three_minutes_ago,
+        sent_at=three_minutes_ago,
+        redrive_at=three_minutes_ago + timedelta(seconds=120),
+    )
+
+    def mongodb_down(*args):
+        raise tasks.PyMongoError("no servers")
+
+    monkeypatch.setattr(store, "save_submission", mongodb_down)
+    with pytest.raises(tasks.PyMongoError), django_capture_on_commit_callbacks(execute=True):
+        tasks.insert_product.run(*first.args)
+    [indexing] = sent(broker.drain(), INDEX)
+    tasks.index_product.run(*indexing.args)
+    probes_came_back(sent=timezone.now())
+    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
+    assert sent(broker.drain()) == []
+
+    # The lease passes with no claim since: the worker died and the retry is gone.
+    lease = timedelta(seconds=settings.CATALOGUE_CLAIM_LEASE + 1)
+    Submission.objects.filter(pk=product_id).update(
+        claimed_at=F("claimed_at") - lease,
+        sent_at=F("sent_at") - lease,
+        redrive_at=F("redrive_at") - lease,
+    )
+    assert tasks.redrive_submissions.run() == {"redriven": 1, "batches": 0}
+    [again] = sent(broker.drain())
+    assert again.args == first.args
+
+
+@pytest.mark.django_db
+def test_old_probes_are_pruned(broker):
+    probes_came_back(sent=timezone.now() - timedelta(hours=2))
+    QueueProbe.objects.update(ran_at=timezone.now() - timedelta(hours=2))
+    tasks.redrive_submissions.run()
+    assert QueueProbe.objects.count() == 0
+    published = sent(broker.drain(), PROBE)
+    assert sorted(m.queue for m in published) == sorted(tasks.OUTBOX_QUEUES)
 
 
 def test_the_redrive_deadline_doubles_per_send_up_to_the_cap(settings):
@@ -241,9 +396,9 @@ def test_a_stored_submission_with_its_history_is_only_indexed_again(broker):
     image fetch per product, so only the missing indexing is re-driven."""
     waiting = recorded(stored_at=timezone.now(), history_at=timezone.now())
     no_history = recorded(stored_at=timezone.now())
-    overdue(waiting.pk, no_history.pk)
+    lost_in_the_broker(waiting.pk, no_history.pk)
     assert tasks.redrive_submissions.run()["redriven"] == 2
-    messages = broker.drain()
+    messages = [m for m in broker.drain() if m.task != PROBE]
     sent = {(m.task, m.args[0] if m.task == INDEX else m.args[0]["id"]) for m in messages}
     assert sent == {(INDEX, str(waiting.pk)), (INSERT, str(no_history.pk))}
     waiting.refresh_from_db()
@@ -273,16 +428,16 @@ def test_a_duplicate_insert_of_a_stored_submission_queues_only_the_missing_index
 def test_the_redrive_sends_at_most_a_batch_per_run(broker, settings):
     settings.CATALOGUE_REDRIVE_BATCH = 2
     submissions = [recorded() for _ in range(3)]
-    overdue(*(s.pk for s in submissions))
+    lost_in_the_broker(*(s.pk for s in submissions))
     assert tasks.redrive_submissions.run()["redriven"] == 2
     assert tasks.redrive_submissions.run()["redriven"] == 1
-    assert len(broker.drain()) == 3
+    assert len(sent(broker.drain())) == 3
 
 
 @pytest.mark.django_db
 def test_a_publish_that_fails_during_the_redrive_leaves_the_submission_due(broker, monkeypatch):
     submission = recorded()
-    overdue(submission.pk)
+    lost_in_the_broker(submission.pk)
 
     def refuse(*args, **kwargs):
         raise BrokerUnavailable("connection refused")
@@ -292,21 +447,23 @@ def test_a_publish_that_fails_during_the_redrive_leaves_the_submission_due(broke
         tasks.redrive_submissions.run()
     submission.refresh_from_db()
     assert submission.sends == 1
-    assert list(Submission.objects.due(timezone.now())) == [submission]
+    drained_before = QueueProbe.drained_before(tasks.OUTBOX_QUEUES, timezone.now())
+    assert list(Submission.objects.to_send_again(timezone.now(), drained_before)) == [submission]
 
 
 @pytest.mark.django_db
 def test_a_redriven_submission_racing_its_first_delivery_stores_indexes_and_records_once(
     client, broker, fake_es, store, django_capture_on_commit_callbacks
 ):
-    """The first message was slow, not lost: it and the re-driven one both run, and so do the
-    indexing tasks each of them enqueues."""
+    """The first message was slow, not lost (say a worker took it from the queue and was killed
+    before it started, and the broker gave it back): it and the re-driven one both run, and so
+    do the indexing tasks each of them enqueues."""
     with django_capture_on_commit_callbacks(execute=True):
         product_id = post(client, GOOD).json()["id"]
     [first] = broker.drain()
-    overdue(product_id)
+    lost_in_the_broker(product_id)
     tasks.redrive_submissions.run()
-    [again] = broker.drain()
+    [again] = sent(broker.drain())
     assert again.args == first.args
 
     for message in (first, again, first):
@@ -324,30 +481,30 @@ def test_a_redriven_submission_racing_its_first_delivery_stores_indexes_and_reco
     [history] = store.history(product_id)
     assert history["kind"] == "submission"
     assert Submission.objects.get(pk=product_id).done_at is not None
-    overdue(product_id)
+    lost_in_the_broker(product_id)
     assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}
 
 
 @pytest.mark.django_db
-def test_a_batch_whose_chord_lost_a_member_gets_its_summary_from_the_redrive(
+def test_a_batch_whose_message_was_lost_gets_its_summary_from_the_redrive(
     client, broker, fake_es, store, django_capture_on_commit_callbacks
 ):
-    """A re-driven member runs outside the chord, so the chord never fires: once every member
-    is done and the deadline has passed, the re-drive sends the summary itself, once."""
+    """The batch's message was dropped and its members re-driven one by one, outside the
+    batch: once every member is done and the deadline has passed, the re-drive sends the
+    summary itself, once."""
     with django_capture_on_commit_callbacks(execute=True):
         body = post(client, {"products": [GOOD, GOOD]}, "/api/products/batch").json()
     batch_id = body["batch_id"]
-    members = [message.args[0] for message in broker.drain()]
+    [members] = [message.args[0] for message in broker.drain()]
     for payload in members:
         tasks.insert_product.run(payload)
         tasks.index_product.run(payload["id"])
     broker.drain()
-    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}  # the chord's turn
+    assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 0}  # not done long
 
     Submission.objects.update(done_at=timezone.now() - timedelta(seconds=121))
     assert tasks.redrive_submissions.run() == {"redriven": 0, "batches": 1}
-    [summary] = broker.drain()
-    assert summary.task == "catalogue.tasks.summarise_batch"
+    [summary] = sent(broker.drain(), "catalogue.tasks.summarise_batch")
     tasks.summarise_batch.run(*summary.args)
 
     kept = store.get_batch(batch_id)

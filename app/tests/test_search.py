@@ -197,6 +197,33 @@ def test_client_bulk_sends_ndjson():
     }
 
 
+def test_client_counts_the_documents_a_bulk_request_created():
+    items = [
+        {"index": {"_id": "a", "result": "created"}},
+        {"index": {"_id": "b", "result": "updated"}},
+    ]
+    session = Session(Reply(200, {"errors": False, "items": items}))
+    client = ElasticsearchClient("http://es:9200", session=session)
+    assert client.index_documents("products", [("a", {"title": "A"}), ("b", {"title": "B"})]) == 1
+    assert len(session.sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(429, SearchUnavailable), (503, SearchUnavailable), (400, SearchError)]
+)
+def test_a_bulk_item_refused_for_now_is_an_outage_and_a_bad_one_an_error(status, error):
+    """A full bulk queue (429) passes: the task retries; a document Elasticsearch rejects is a
+    bug."""
+    items = [
+        {"index": {"_id": "a", "result": "created", "status": 201}},
+        {"index": {"_id": "b", "status": status, "error": {"type": "x"}}},
+    ]
+    session = Session(Reply(200, {"errors": True, "items": items}))
+    client = ElasticsearchClient("http://es:9200", session=session)
+    with pytest.raises(error):
+        client.index_documents("products", [("a", {"title": "A"}), ("b", {"title": "B"})])
+
+
 def test_client_reports_a_missing_alias_as_no_targets():
     session = Session(Reply(404, {"error": "alias [products] missing", "status": 404}))
     client = ElasticsearchClient("http://es:9200", session=session)

@@ -4,7 +4,7 @@ until every one is stored with its history and searchable.
 Flat out: N products in batches of the app's cap (app_batch_max), posted by a few concurrent
 posters as fast as the API accepts them. Paced: products at a set rate (the issue's "POST ->
 searchable at 40 products/s"). Either way a product is done when its batch's status says done
-(the chord's summary, written after every insert stored the row and its history) and the
+(the batch's summary, written once every product is stored with its history) and the
 search API finds it: one made-up word shared by the run's titles, searched until /api/search's
 `total` (the hit count of its phrase round) is N. A sample of products also carries a word of
 its group (at most a page of search results per group): one search per group and poll round

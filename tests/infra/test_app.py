@@ -461,7 +461,7 @@ def test_a_redelivered_insert_creates_no_second_product(site, manage, db, images
 
 
 @pytest.mark.destructive
-def test_a_batch_runs_in_two_rounds(site, images):
+def test_a_batch_is_summarised_once_its_products_are_stored(site, images):
     tag = word()
     products = [
         {"title": f"Batch {tag} {n}", "image_url": f"{images.base}/img/b{n}.png"} for n in range(4)

@@ -17,6 +17,8 @@ import requests
 
 DOC_TYPE = "product"  # Elasticsearch 5 still needs a mapping type.
 _SERVER_ERROR = 500
+# Statuses of a bulk item that a later attempt may get through: too many requests, 5xx.
+RETRY_LATER = frozenset({429, 500, 502, 503, 504})
 
 
 class SearchError(Exception):
@@ -113,17 +115,35 @@ class ElasticsearchClient:
         }
 
     def bulk_index(self, index: str, documents: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
+        """Index documents in one _bulk request; the number sent."""
+        documents = list(documents)
+        self._bulk(index, documents)
+        return len(documents)
+
+    def index_documents(
+        self, index: str, documents: Iterable[tuple[str, Mapping[str, Any]]]
+    ) -> int:
+        """Index documents in one _bulk request; the number new to the index."""
+        return sum(1 for item in self._bulk(index, documents) if item.get("result") == "created")
+
+    def _bulk(
+        self, index: str, documents: Iterable[tuple[str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
         lines: list[str] = []
         for doc_id, document in documents:
             lines.append(json.dumps({"index": {"_index": index, "_type": DOC_TYPE, "_id": doc_id}}))
             lines.append(json.dumps(document))
         if not lines:
-            return 0
+            return []
         payload = self.request("POST", "_bulk", ndjson="\n".join(lines) + "\n")
+        items = [item["index"] for item in payload.get("items", [])]
         if payload.get("errors"):
-            failed = [item for item in payload.get("items", []) if item["index"].get("error")]
+            failed = [item for item in items if item.get("error")]
+            # A full bulk queue (429) or a shard not ready (5xx) passes: retry the request.
+            if all(item.get("status", 0) in RETRY_LATER for item in failed):
+                raise SearchUnavailable(f"_bulk: {len(failed)} items refused: {failed[:3]}")
             raise SearchError(400, failed[:5])
-        return len(lines) // 2
+        return items
 
     def search(self, index: str, body: Mapping[str, Any]) -> SearchResult:
         payload = self.request("POST", f"{index}/_search", body)

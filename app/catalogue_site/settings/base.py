@@ -195,13 +195,17 @@ CELERY_TASK_DEFAULT_ROUTING_KEY = "default"
 CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
 CELERY_TASK_ROUTES = {
     "catalogue.tasks.insert_product": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.insert_batch": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.summarise_batch": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.index_product": {"queue": "indexing", "routing_key": "indexing"},
+    "catalogue.tasks.index_products": {"queue": "indexing", "routing_key": "indexing"},
     "catalogue.tasks.reconcile_index": {"queue": "indexing", "routing_key": "indexing"},
     "catalogue.tasks.redrive_submissions": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.prune_submissions": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.fetch_image_metadata": {"queue": "slow", "routing_key": "slow"},
+    "catalogue.tasks.fetch_images": {"queue": "slow", "routing_key": "slow"},
     "catalogue.tasks.record_image_attempt": {"queue": "default", "routing_key": "default"},
+    "catalogue.tasks.record_image_attempts": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.count_view": {"queue": "default", "routing_key": "default"},
     "catalogue.tasks.clear_sessions": {"queue": "default", "routing_key": "default"},
 }
@@ -301,15 +305,20 @@ IMAGE_FETCH_BACKOFF_CAP = env_float("IMAGE_FETCH_BACKOFF_CAP", 60.0)
 IMAGE_FETCH_ALLOW_PRIVATE = env_bool("IMAGE_FETCH_ALLOW_PRIVATE", False)
 # Addresses and networks never fetched from, private or not: every host of the deployment.
 IMAGE_FETCH_DENY = env_list("IMAGE_FETCH_DENY", "")
+# A batch's image fetches run at most this many at once (threads of one slow-queue task).
+IMAGE_FETCH_CONCURRENCY = 8
 INDEXING_BACKOFF_CAP = env_int("INDEXING_BACKOFF_CAP", 300)
 # Fixed caps of the other retrying tasks (seconds).
 INSERT_BACKOFF_CAP = 120
 RECONCILE_BACKOFF_CAP = 300
 
 # --- The submission outbox (catalogue.models.Submission) ----------------------------------------
-# A submission not done this long after it was accepted is sent again; each further send waits
-# twice as long, up to the cap. The beat looks for overdue ones every CATALOGUE_REDRIVE_INTERVAL
-# seconds (CELERY_BEAT_SCHEDULE above).
+# A submission taken by a worker and not done by its deadline is sent again: at least this long
+# after its send, each further send waiting twice as long, up to the cap, and at least
+# CATALOGUE_CLAIM_LEASE after the worker took it. One sent and never taken is sent again once a
+# probe published after it has come back through the queues (it was dropped), however long the
+# backlog. The beat runs the re-drive every CATALOGUE_REDRIVE_INTERVAL seconds
+# (CELERY_BEAT_SCHEDULE above).
 CATALOGUE_REDRIVE_AFTER = env_int("CATALOGUE_REDRIVE_AFTER", 120)
 CATALOGUE_REDRIVE_BACKOFF_CAP = env_int("CATALOGUE_REDRIVE_BACKOFF_CAP", 3600)
 CATALOGUE_REDRIVE_BATCH = 500  # submissions sent again per beat run at most
@@ -333,6 +342,12 @@ if _longest_hold >= RABBITMQ_CONSUMER_TIMEOUT:
         f" IMAGE_FETCH_BACKOFF_CAP, {RECONCILE_BACKOFF_CAP} s) is {_longest_hold:g} s: it must"
         f" stay below RABBITMQ_CONSUMER_TIMEOUT ({RABBITMQ_CONSUMER_TIMEOUT} s)"
     )
+
+# A claimed submission is sent again only after the longest a worker may hold its task.
+CATALOGUE_CLAIM_LEASE = _longest_hold
+# Seconds between a submission's sent_at and its message reaching the queue, at most (the commit
+# and publish after it): a probe must be this much younger to vouch that the message was dropped.
+CATALOGUE_PUBLISH_SLACK = 30
 
 # --- Misc ----------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
