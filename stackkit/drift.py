@@ -2,7 +2,7 @@
 
 Each kind of drift is a shell command run as root on the first host of a group, a probe that
 shows the state it changes, and the task that must report it. The suite applies every kind
-chosen at once, then:
+chosen at once (after a default run that leaves every host converged and recorded), then:
 
   1. `site.yml --check --diff` must report each kind through its task, and change nothing
      (every probe still shows the drift afterwards);
@@ -252,6 +252,24 @@ def on_hosts(inventory: str, host: str, script: str) -> str:
     return answer["stdout"]
 
 
+def state_differs(inventory: str, host: str) -> int:
+    """How many items of the host's state differ from its record (stackkit.kit.host_state,
+    read only: the state alone, what the wiring says a run reads)."""
+    args = (
+        '{"trees": "{{ stack_state_trees }}", "paths": "{{ stack_state_paths }}",'
+        ' "exclude": "{{ stack_state_exclude }}", "probe_dir": "{{ stack_state_probe_dir }}",'
+        ' "path": "{{ stack_state_file }}"}'
+    )
+    result = run_json(
+        [str(BIN / "ansible"), host, "-i", inventory, "-b", "-m", "stackkit.kit.host_state",
+         "-a", args]
+    )  # fmt: skip
+    answer = result["plays"][0]["tasks"][0]["hosts"][host]
+    if answer.get("failed"):
+        raise DriftError(f"on {host}: reading the state failed: {answer.get('msg')}")
+    return answer["differ"]
+
+
 def probe_all(inventory: str, targets: dict[str, list[Drift]]) -> dict[str, str]:
     """Every drift's probe output, one ansible call per host."""
     found = {}
@@ -284,6 +302,24 @@ def changed_tasks(result: dict) -> set[tuple[str, str]]:
     return found
 
 
+# The task of playbooks/tasks/state.yml that keeps, per host, whether its roles converge.
+STATE_TASK = "Keep what was found for the run's later plays"
+
+
+def converging(result: dict) -> dict[str, list[str]]:
+    """By host, why its roles converged in this run (hosts found as recorded are left out)."""
+    found = {}
+    for play in result["plays"]:
+        for task in play["tasks"]:
+            if task["task"]["name"] != STATE_TASK:
+                continue
+            for host, answer in task["hosts"].items():
+                state = (answer.get("ansible_facts") or {}).get("__stack_state") or {}
+                if state.get("converge"):
+                    found[host] = state.get("reasons") or []
+    return found
+
+
 def totals(result: dict) -> dict[str, int]:
     stats = result["stats"].values()
     return {
@@ -295,24 +331,56 @@ def short(text: str) -> str:
     return text if len(text) < 80 else hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def baseline_then_drift(
+    inventory: str, chosen: list[Drift], where: dict[str, str], log
+) -> tuple[float, dict[str, str], list[str]]:
+    """A default run, then each kind made on its host, one at a time: the run's time, what the
+    kinds' probes showed before, and what went wrong."""
+    # The default run converges whatever earlier checks left on the hosts and records their
+    # state, so that the runs after it see only the drift made here (a tagged run, as in the
+    # short round, records nothing).
+    baseline, baseline_s = playbook(inventory, "")
+    converged = sorted(converging(baseline))
+    log(f"baseline run: {baseline_s:.1f} s, {totals(baseline)}, converged on {converged}")
+    if baseline["rc"]:
+        raise DriftError(f"the baseline run failed (rc {baseline['rc']})")
+    targets: dict[str, list[Drift]] = {}
+    for drift in chosen:
+        targets.setdefault(where[drift.kind], []).append(drift)
+    before = probe_all(inventory, targets)
+    # Each kind must be seen by the state every run reads on its own: after it, more of the
+    # host's items differ from the record than before it (the state alone, not the inputs).
+    differ = {host: state_differs(inventory, host) for host in set(where.values())}
+    problems = [
+        f"{host}: {n} items differ after the baseline run" for host, n in differ.items() if n
+    ]
+    for drift in chosen:
+        host = where[drift.kind]
+        on_hosts(inventory, host, drift.apply)
+        now = state_differs(inventory, host)
+        if now <= differ[host]:
+            problems.append(f"{drift.kind}: the state a run reads did not see it")
+        differ[host] = now
+    log(f"items differing from the record, per host, after every kind: {differ}")
+    return baseline_s, before, problems
+
+
 def run(inventory: str, kinds: list[str], tags: str = "", log=print) -> dict:
     """Apply the drifts, check, repair, no-op; raise DriftError naming every kind that failed."""
     refuse_kept_hosts(inventory)
     groups = inventory_groups(inventory)
     chosen = [d for d in DRIFTS if d.kind in kinds]
     targets: dict[str, list[Drift]] = {}
-    where = {}
+    where: dict[str, str] = {}
     for drift in chosen:
         if not groups.get(drift.group):
             raise DriftError(f"{drift.kind}: the inventory has no {drift.group} host")
         where[drift.kind] = groups[drift.group][0]
         targets.setdefault(where[drift.kind], []).append(drift)
 
-    before = probe_all(inventory, targets)
-    for host, drifts in targets.items():
-        on_hosts(inventory, host, " && ".join(f"( {d.apply} )" for d in drifts))
+    baseline_s, before, problems = baseline_then_drift(inventory, chosen, where, log)
     drifted = probe_all(inventory, targets)
-    problems = [
+    problems += [
         f"{d.kind}: applying it changed nothing the probe shows ({short(before[d.kind])})"
         for d in chosen
         if drifted[d.kind] == before[d.kind]
@@ -321,6 +389,13 @@ def run(inventory: str, kinds: list[str], tags: str = "", log=print) -> dict:
     check, check_s = playbook(inventory, tags, "--check", "--diff")
     reported = changed_tasks(check)
     log(f"check run: {check_s:.1f} s, {totals(check)}")
+    seen = converging(check)
+    for host, reasons in sorted(seen.items()):
+        log(f"  {host} converges: {'; '.join(reasons)}")
+    problems += [
+        f"{host}: its drift was not seen by the state every run reads (its roles were skipped)"
+        for host in sorted(set(where.values()) - set(seen))
+    ]
     if check["rc"]:
         problems.append(f"the check run failed (rc {check['rc']})")
     for d in chosen:
@@ -347,15 +422,21 @@ def run(inventory: str, kinds: list[str], tags: str = "", log=print) -> dict:
     noop, noop_s = playbook(inventory, tags)
     noop_totals = totals(noop)
     log(f"no-op run: {noop_s:.1f} s, {noop_totals}")
+    still = converging(noop)
+    problems += [
+        f"{host}: the run after the repair still found it drifted: {'; '.join(reasons)}"
+        for host, reasons in sorted(still.items())
+    ]
     if noop["rc"] or noop_totals["changed"]:
         again = sorted(f"{h}: {n}" for h, n in changed_tasks(noop))
         problems.append(f"the run after the repair changed {noop_totals['changed']}: {again}")
 
     figures = {
-        "kinds": [d.kind for d in chosen], "tags": tags,
+        "kinds": [d.kind for d in chosen], "tags": tags, "baseline_s": round(baseline_s, 1),
         "check_s": round(check_s, 1), "check": totals(check),
         "repair_s": round(repair_s, 1), "repair": totals(repair),
         "noop_s": round(noop_s, 1), "noop": noop_totals,
+        "check_converging": sorted(seen), "noop_converging": sorted(still),
         "problems": problems,
     }  # fmt: skip
     for d in chosen:

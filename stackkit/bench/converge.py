@@ -5,8 +5,10 @@
 
 For every strategy available (linear and free always; mitogen_linear when the optional
 `mitogen` package is installed), a fresh single host (every tier on it) gets a cold
-`site.yml`, then a no-op `site.yml`, then every kind of the drift suite (stackkit/drift.py)
-made at once and the default `site.yml` that repairs it (drift-repair). Once, on another fresh
+`site.yml`, then a no-op `site.yml` (the default run: it reads the host's state and finds it as
+recorded), then a no-op `site.yml -e stack_converge_all=true` (every role's every task, what a
+run costs without the fast path), then every kind of the drift suite (stackkit/drift.py) made at
+once and the default `site.yml` that repairs it (drift-repair). Once, on another fresh
 host of the same image, the floor script does by hand what the roles install: the same apt
 sources, one apt transaction of the same distribution packages (those the converge marked
 manually installed), the same archives unpacked (Elasticsearch's zip, SecantusDB's and the
@@ -139,7 +141,7 @@ def profile(stdout: str) -> tuple[dict[str, float], list[tuple[str, float]]]:
     return roles, tasks
 
 
-def converge(strategy_env: dict[str, str], log: Path) -> dict:
+def converge(strategy_env: dict[str, str], log: Path, *options: str) -> dict:
     env = {
         **os.environ,
         "ANSIBLE_NOCOLOR": "1",
@@ -156,6 +158,7 @@ def converge(strategy_env: dict[str, str], log: Path) -> dict:
             "-i",
             str(WORK / "hosts.yml"),
             "playbooks/site.yml",
+            *options,
         ],
         cwd=ROOT,
         env=env,
@@ -244,12 +247,17 @@ def main(argv: list[str] | None = None) -> int:
             before = set(ssh(address, "apt-mark showmanual", text=True).stdout.split())
             cold = converge(available[name], WORK / f"{name}-cold.log")
             noop = converge(available[name], WORK / f"{name}-noop.log")
+            full = converge(
+                available[name], WORK / f"{name}-full.log", "-e", "stack_converge_all=true"
+            )
             make_drift(address)
             repair = converge(available[name], WORK / f"{name}-drift.log")
-            results["strategies"][name] = {"cold": cold, "noop": noop, "drift": repair}
+            results["strategies"][name] = {
+                "cold": cold, "noop": noop, "full": full, "drift": repair,
+            }  # fmt: skip
             print(
                 f"{name}: cold {cold['seconds']} s, no-op {noop['seconds']} s,"
-                f" drift-repair {repair['seconds']} s",
+                f" every role {full['seconds']} s, drift-repair {repair['seconds']} s",
                 flush=True,
             )
             if not packages and not cold["failed"]:
@@ -276,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             not r["cold"]["failed"]
             and not r["noop"]["failed"]
             and not r["drift"]["failed"]
+            and not r["full"]["failed"]
             and r["noop"]["changed"] == 0
+            and r["full"]["changed"] == 0
             for r in results["strategies"].values()
         )
         else 1
@@ -295,7 +305,7 @@ def print_table(results: dict) -> None:
     print(
         f"{'strategy':<16}{'cold s':>8}{'cold/floor':>11}{'changed':>9}"
         f"{'no-op s':>9}{'no-op/cold':>11}{'tasks':>7}{'changed':>9}"
-        f"{'drift s':>9}{'changed':>9}"
+        f"{'all s':>8}{'changed':>9}{'drift s':>9}{'changed':>9}"
     )
     for name, r in results["strategies"].items():
         cold, noop = r["cold"], r["noop"]
@@ -305,13 +315,22 @@ def print_table(results: dict) -> None:
             f"{noop['seconds']:>9.1f}{noop['seconds'] / cold['seconds']:>11.3f}"
             f"{noop['ok']:>7}{noop['changed']:>9}"
             + (
+                f"{r['full']['seconds']:>8.1f}{r['full']['changed']:>9}"
+                if "full" in r  # figures written before the every-role run was timed
+                else f"{'-':>8}{'-':>9}"
+            )
+            + (
                 f"{r['drift']['seconds']:>9.1f}{r['drift']['changed']:>9}"
                 if "drift" in r  # figures written before the drift-repair run was timed
                 else f"{'-':>9}{'-':>9}"
             )
             + (
                 "  FAILED (see " + failed[0]["log"] + ")"
-                if (failed := [x for x in (cold, noop, r.get("drift")) if x and x["failed"]])
+                if (
+                    failed := [
+                        x for x in (cold, noop, r.get("full"), r.get("drift")) if x and x["failed"]
+                    ]
+                )
                 else ""
             )
         )

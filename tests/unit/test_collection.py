@@ -140,6 +140,8 @@ def test_the_artifact_ships_the_kit_and_nothing_of_its_workshop(collection):
         for plugin in (
             "modules/mongodb_login_check.py",
             "modules/signing_key.py",
+            "modules/host_state.py",
+            "lookup/run_inputs.py",
             "filter/stackkit.py",
             "filter/weak_secrets.yml",
             "filter/public_addresses.yml",
@@ -230,7 +232,7 @@ def _spec(options: dict) -> dict:
     }
 
 
-@pytest.mark.parametrize("module_name", ["mongodb_login_check", "signing_key"])
+@pytest.mark.parametrize("module_name", ["mongodb_login_check", "signing_key", "host_state"])
 def test_the_module_documents_the_options_it_takes(collection, monkeypatch, module_name):
     """What validate-modules checks first (it needs the network here): ansible-doc finds the
     module by its FQCN in the installed collection, and its documented options are the ones
@@ -252,6 +254,14 @@ def test_the_module_documents_the_options_it_takes(collection, monkeypatch, modu
     with pytest.raises(SystemExit):
         module.main()
     assert _spec(doc[name]["doc"]["options"]) == _spec(taken["argument_spec"])
+
+
+def test_the_inputs_lookup_is_documented_in_the_collection(collection):
+    """ansible-doc finds the lookup every run's first play calls (playbooks/tasks/state.yml)."""
+    name = f"{FQCN}.run_inputs"
+    command = [str(BIN / "ansible-doc"), "-t", "lookup", "--json", name]
+    doc = json.loads(_run(command, cwd=collection["project"], env=collection["env"]))
+    assert {"names", "exclude", "extra"} <= set(doc[name]["doc"]["options"])
 
 
 @pytest.mark.parametrize("filter_name", ["weak_secrets", "public_addresses", "in_container"])
