@@ -252,9 +252,9 @@ def on_hosts(inventory: str, host: str, script: str) -> str:
     return answer["stdout"]
 
 
-def state_differs(inventory: str, host: str) -> int:
-    """How many items of the host's state differ from its record (stackkit.kit.host_state,
-    read only: the state alone, what the wiring says a run reads)."""
+def host_state(inventory: str, host: str) -> tuple[int, str]:
+    """How many items of the host's state differ from its record, and a digest of all of it
+    (stackkit.kit.host_state, read only: the state alone, as the wiring says a run reads it)."""
     args = (
         '{"trees": "{{ stack_state_trees }}", "paths": "{{ stack_state_paths }}",'
         ' "exclude": "{{ stack_state_exclude }}", "probe_dir": "{{ stack_state_probe_dir }}",'
@@ -267,7 +267,7 @@ def state_differs(inventory: str, host: str) -> int:
     answer = result["plays"][0]["tasks"][0]["hosts"][host]
     if answer.get("failed"):
         raise DriftError(f"on {host}: reading the state failed: {answer.get('msg')}")
-    return answer["differ"]
+    return answer["differ"], answer["state"]
 
 
 def probe_all(inventory: str, targets: dict[str, list[Drift]]) -> dict[str, str]:
@@ -348,19 +348,20 @@ def baseline_then_drift(
     for drift in chosen:
         targets.setdefault(where[drift.kind], []).append(drift)
     before = probe_all(inventory, targets)
-    # Each kind must be seen by the state every run reads on its own: after it, more of the
-    # host's items differ from the record than before it (the state alone, not the inputs).
-    differ = {host: state_differs(inventory, host) for host in set(where.values())}
+    # Each kind must be seen by the state every run reads on its own: after it, the host's
+    # state reads differently than before it (the state alone, not the inputs).
+    state = {host: host_state(inventory, host) for host in set(where.values())}
     problems = [
-        f"{host}: {n} items differ after the baseline run" for host, n in differ.items() if n
+        f"{host}: {n} items differ after the baseline run" for host, (n, _) in state.items() if n
     ]
     for drift in chosen:
         host = where[drift.kind]
         on_hosts(inventory, host, drift.apply)
-        now = state_differs(inventory, host)
-        if now <= differ[host]:
+        now = host_state(inventory, host)
+        if now[1] == state[host][1] or not now[0]:
             problems.append(f"{drift.kind}: the state a run reads did not see it")
-        differ[host] = now
+        state[host] = now
+    differ = {host: n for host, (n, _) in state.items()}
     log(f"items differing from the record, per host, after every kind: {differ}")
     return baseline_s, before, problems
 

@@ -103,6 +103,10 @@ recorded:
   description: True when I(record) wrote a record that differs from the one before.
   returned: always
   type: bool
+state:
+  description: A digest of everything read; any change on the host changes it.
+  returned: always
+  type: str
 differ:
   description: How many items differ from the record.
   returned: always
@@ -287,6 +291,7 @@ def main() -> None:
         recorded=recorded,
         items=len(now),
         differ=len(differing(now, then)),
+        state=_sha256(json.dumps(now, sort_keys=True).encode()),
     )
 
 

@@ -183,3 +183,14 @@ def test_without_inputs_the_state_alone_is_compared(host: Path):
     (host / "etc/redis/redis.conf").write_text("maxmemory 1mb\n")
     found = state_play(host, inputs=None)
     assert found["converge"] is True and found["differ"] == 1
+
+
+def test_a_second_change_to_an_item_already_differing_changes_the_state_digest(host: Path):
+    """The drift suite tells kinds apart by this digest when two of them change the same
+    probe's output (a grant, then a role attribute)."""
+    (host / "grants").write_text("app: SELECT, CREATE\n")
+    first = state_play(host, inputs=None)
+    (host / "grants").write_text("app: SELECT, CREATE\napp: CREATEDB\n")
+    second = state_play(host, inputs=None)
+    assert first["differ"] == second["differ"] == 1
+    assert first["state"] != second["state"]
