@@ -379,12 +379,16 @@ def test_transparent_huge_pages_are_disabled_where_the_kernel_allows(host, v):
 # The MongoDB operations the app's document store (app/catalogue/documents.py) may use: each is
 # run below on the docs host's server with the app's credentials, so a new operation in the
 # app fails test_the_app_uses_only_the_exercised_mongodb_operations until it is exercised here.
-APP_OPERATIONS = {"create_index", "replace_one", "find", "sort", "find_one", "command"}
+APP_OPERATIONS = {
+    "create_index", "replace_one", "insert_many", "find", "sort", "find_one", "command",
+}  # fmt: skip
+# What MongoStore calls on values that are not the server's: a datetime's and a dict's.
+NOT_OPERATIONS = {"isoformat", "get", "items"}
 
 
 def test_the_app_uses_only_the_exercised_mongodb_operations():
-    """Every method MongoStore calls is the store's own (_private), a datetime's, or one of
-    APP_OPERATIONS."""
+    """Every method MongoStore calls is the store's own (_private), a datetime's or a dict's
+    (NOT_OPERATIONS), or one of APP_OPERATIONS."""
     tree = ast.parse((ROOT / "app/catalogue/documents.py").read_text())
     store = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MongoStore")
     used = {
@@ -394,7 +398,7 @@ def test_the_app_uses_only_the_exercised_mongodb_operations():
         and isinstance(node.func, ast.Attribute)
         and not node.func.attr.startswith("_")
     }
-    assert used - {"isoformat"} == APP_OPERATIONS
+    assert used - NOT_OPERATIONS == APP_OPERATIONS
 
 
 def app_uri(host, v) -> str:
@@ -407,8 +411,9 @@ def app_uri(host, v) -> str:
 @pytest.mark.destructive
 def test_the_apps_operations_behave_as_on_mongodb(host, v):
     """What documents.py relies on: an index on (product_id, at); a replace with upsert on a
-    derived _id writes one document however often a task is redelivered; find with an _id-less
-    projection sorted by time; find_one; ping."""
+    derived _id writes one document however often a task is redelivered; a batch's unordered
+    insert_many writes the new documents and refuses only the redelivered one (11000); find
+    with an _id-less projection sorted by time; find_one; ping."""
     result = mongo(
         host,
         """
@@ -425,9 +430,20 @@ for attempt in (1, 2):
 coll.replace_one({"_id": product + ":image_fetch:1"},
                  {"product_id": product, "kind": "image_fetch",
                   "at": now - datetime.timedelta(seconds=5)}, upsert=True)
+from pymongo.errors import BulkWriteError
+redelivered = [{"_id": product + ":submission", "product_id": product, "kind": "submission",
+                "at": now},
+               {"_id": product + ":batch", "product_id": product, "kind": "batch",
+                "at": now + datetime.timedelta(seconds=5)}]
+try:
+    coll.insert_many(redelivered, ordered=False)
+    bulk = []
+except BulkWriteError as exc:
+    bulk = [error.get("code") for error in exc.details.get("writeErrors", [])]
 history = list(coll.find({"product_id": product}, {"_id": 0}).sort("at", 1))
 one = coll.find_one({"_id": product + ":submission"}, {"_id": 0})
 out = {
+    "bulk": bulk,
     "index": name in coll.index_information(),
     "kinds": [doc["kind"] for doc in history],
     "ids": ["_id" in doc for doc in history],
@@ -442,10 +458,11 @@ print(json.dumps(out))
         DB=v("mongodb_app_database"),
     )
     assert result == {
+        "bulk": [11000],
         "index": True,
-        "kinds": ["image_fetch", "submission"],
-        "ids": [False, False],
-        "count": 2,
+        "kinds": ["image_fetch", "submission", "batch"],
+        "ids": [False, False, False],
+        "count": 3,
         "one": 2,
         "ping": 1.0,
     }
