@@ -260,9 +260,11 @@ def host_state(inventory: str, host: str) -> tuple[int, str]:
         ' "exclude": "{{ stack_state_exclude }}", "probe_dir": "{{ stack_state_probe_dir }}",'
         ' "path": "{{ stack_state_file }}"}'
     )
+    # The wiring's values come from playbooks/group_vars/, which an ad-hoc command loads only
+    # with --playbook-dir (molecule's configuration does not name the directory).
     result = run_json(
-        [str(BIN / "ansible"), host, "-i", inventory, "-b", "-m", "stackkit.kit.host_state",
-         "-a", args]
+        [str(BIN / "ansible"), host, "-i", inventory, "--playbook-dir", str(ROOT / "playbooks"),
+         "-b", "-m", "stackkit.kit.host_state", "-a", args]
     )  # fmt: skip
     answer = result["plays"][0]["tasks"][0]["hosts"][host]
     if answer.get("failed"):
