@@ -171,7 +171,8 @@ def read_files(trees: list[str], paths: list[str], exclude: list[str]) -> dict[s
                     found[path] = entry(path)
     for pattern in paths:
         for path in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]:
-            found[path] = entry(path)
+            if not excluded(path):
+                found[path] = entry(path)
     return found
 
 
@@ -267,7 +268,10 @@ def main() -> None:
             then = json.load(handle)
     except (FileNotFoundError, ValueError):
         then = {}
-    now = read_files(params["trees"], params["paths"], params["exclude"])
+    # The record and its directory are the module's own bookkeeping, not the host's state: the
+    # first record would otherwise read the directory it is about to create as absent.
+    own = [params["path"], os.path.dirname(params["path"])]
+    now = read_files(params["trees"], params["paths"], [*params["exclude"], *own])
     now.update(read_packages(module))
     now.update(read_units(module))
     now.update(read_probes(module, params["probe_dir"]))
