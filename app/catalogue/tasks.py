@@ -45,14 +45,20 @@ def _ensure_alias(client: Any, alias: str) -> None:
         _aliases_ready.add(alias)
 
 
+# How one product's insert and a batch's retry through a database or MongoDB outage.
+INSERT_RETRIES: dict[str, Any] = {
+    "autoretry_for": (PyMongoError, *DATABASE_OUTAGE),
+    "retry_backoff": 2,
+    "retry_backoff_max": settings.INSERT_BACKOFF_CAP,
+    "retry_jitter": True,
+    "max_retries": 50,
+}
+
+
 @shared_task(
     bind=True,
     name="catalogue.tasks.insert_product",
-    autoretry_for=(PyMongoError, *DATABASE_OUTAGE),
-    retry_backoff=2,
-    retry_backoff_max=settings.INSERT_BACKOFF_CAP,
-    retry_jitter=True,
-    max_retries=50,
+    **INSERT_RETRIES,
 )
 def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """Store one accepted submission. The id came with the message: a redelivered, retried or
@@ -100,11 +106,7 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
 @shared_task(
     bind=True,
     name="catalogue.tasks.insert_batch",
-    autoretry_for=(PyMongoError, *DATABASE_OUTAGE),
-    retry_backoff=2,
-    retry_backoff_max=settings.INSERT_BACKOFF_CAP,
-    retry_jitter=True,
-    max_retries=50,
+    **INSERT_RETRIES,
 )
 def insert_batch(self: Any, payloads: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
     """Store a batch's submissions together: one INSERT of the products and one of their
