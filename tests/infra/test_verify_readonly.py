@@ -75,10 +75,24 @@ def snapshot(inventory_hosts) -> dict[str, str]:
 
 
 PENDING = "from catalogue.models import Submission; print(Submission.objects.pending().count())"
+# The rows the outbox still owes a step, as the re-drive sees them (for a failure's message).
+PENDING_ROWS = (
+    "from django.utils import timezone; from catalogue.models import QueueProbe, Submission; "
+    "print('now', timezone.now().isoformat()); "
+    "[print(r) for r in Submission.objects.pending().order_by('accepted_at').values_list("
+    "'pk', 'batch_id', 'sends', 'accepted_at', 'sent_at', 'claimed_at', 'redrive_at', "
+    "'stored_at', 'history_at', 'indexed_at')[:20]]; "
+    "[print('probe', r) for r in QueueProbe.objects.order_by('-ran_at').values_list("
+    "'queue', 'sent_at', 'ran_at')[:4]]"
+)
 
 
 def pending_submissions(app) -> int:
     return int(app.check_output(f"catalogue-manage shell --verbosity 0 -c {shlex.quote(PENDING)}"))
+
+
+def pending_rows(app) -> str:
+    return app.check_output(f"catalogue-manage shell --verbosity 0 -c {shlex.quote(PENDING_ROWS)}")
 
 
 class Traffic(threading.Thread):
@@ -113,7 +127,8 @@ def test_make_verify_under_traffic_leaves_every_byte_of_data_as_it_was(
     # Earlier suites may leave accepted products the outbox still owes a step (a re-drive comes
     # minutes later): wait until none is pending, so that what changes below is make verify's.
     app = inventory_hosts("app")[0]
-    assert wait_for(lambda: pending_submissions(app) == 0, timeout=600, interval=5)
+    settled = wait_for(lambda: pending_submissions(app) == 0, timeout=600, interval=5)
+    assert settled, f"the outbox still owes steps after 600 s:\n{pending_rows(app)}"
     before = snapshot(inventory_hosts)
 
     inventory = pytestconfig.option.ansible_inventory
