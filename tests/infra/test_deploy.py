@@ -29,7 +29,7 @@ def fail(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("catalogue", "0002_submission_outbox")]
+    dependencies = [("catalogue", "{latest}")]
     operations = [migrations.RunPython(fail, migrations.RunPython.noop)]
 """
 
@@ -40,7 +40,12 @@ def syntax_error(app: Path) -> None:
 
 
 def failing_migration(app: Path) -> None:
-    (app / "catalogue" / "migrations" / "0003_broken.py").write_text(MIGRATION)
+    """A migration that raises, after the app's latest one: the migrate step runs it (a second
+    leaf would fail as a conflict instead, before any migration ran)."""
+    migrations = app / "catalogue" / "migrations"
+    latest = max(path.stem for path in migrations.glob("[0-9][0-9][0-9][0-9]_*.py"))
+    number = int(latest[:4]) + 1
+    (migrations / f"{number:04d}_broken.py").write_text(MIGRATION.format(latest=latest))
 
 
 def failing_readiness(app: Path) -> None:
