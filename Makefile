@@ -265,11 +265,12 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 	touch $@
 
 .PHONY: molecule
+# Every scenario runs even after one fails (--keep-going): one run names all that fail.
 molecule: test-tools images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ..."), MOLECULE_JOBS at a time
 	@mkdir -p build/molecule
 	@echo "== molecule: $(strip $(SCENARIOS)), $(MOLECULE_JOBS) at a time; each one's log in build/molecule/"
 	@rm -f build/molecule/*.failed; start=$$($(MONOTONIC)); \
-	$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) --output-sync=target \
+	$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) --keep-going --output-sync=target \
 	  $(addprefix molecule-scenario-,$(SCENARIOS)) \
 	  && echo "== molecule: every scenario passed in $$(( $$($(MONOTONIC)) - start )) s" \
 	  || { for f in build/molecule/*.failed; do \
