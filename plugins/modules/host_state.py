@@ -47,7 +47,9 @@ options:
     elements: str
     default: []
   exclude:
-    description: Globs of paths under I(trees) that change on their own and are not read.
+    description:
+      - Globs of paths under I(trees), or of unit names, that change on their own and are not
+        read (a pattern with a C(/) never matches a unit).
     type: list
     elements: str
     default: []
@@ -155,23 +157,24 @@ def entry(path: str) -> str:
     return f"other {_owner(st)} {stat.S_IFMT(st.st_mode):o}"
 
 
+def excluded(name: str, exclude: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
+
+
 def read_files(trees: list[str], paths: list[str], exclude: list[str]) -> dict[str, str]:
     found = {}
-
-    def excluded(path: str) -> bool:
-        return any(fnmatch.fnmatchcase(path, pattern) for pattern in exclude)
 
     for root in trees:
         found[root] = entry(root)
         for top, dirs, files in os.walk(root):
-            dirs[:] = [d for d in dirs if not excluded(os.path.join(top, d))]
+            dirs[:] = [d for d in dirs if not excluded(os.path.join(top, d), exclude)]
             for name in dirs + files:
                 path = os.path.join(top, name)
-                if not excluded(path):
+                if not excluded(path, exclude):
                     found[path] = entry(path)
     for pattern in paths:
         for path in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]:
-            if not excluded(path):
+            if not excluded(path, exclude):
                 found[path] = entry(path)
     return found
 
@@ -188,9 +191,9 @@ def read_packages(module: AnsibleModule) -> dict[str, str]:
     }
 
 
-def read_units(module: AnsibleModule) -> dict[str, str]:
+def read_units(module: AnsibleModule, exclude: list[str]) -> dict[str, str]:
     # Active units only: what was running and stops is drift; the SSH connections' own
-    # per-connection units and the users' sessions come and go.
+    # per-connection units and the users' sessions come and go, as do the units excluded.
     rc, out, err = module.run_command(
         ["systemctl", "list-units", "--state=active", "--type=service,socket,timer,target,mount",
          "--plain", "--no-legend", "--no-pager"]
@@ -202,6 +205,7 @@ def read_units(module: AnsibleModule) -> dict[str, str]:
         f"unit {name}": "active"
         for name in units
         if not name.startswith(("ssh@", "sshd@", "user@", "user-runtime-dir@", "session-"))
+        and not excluded(name, exclude)
     }
 
 
@@ -273,7 +277,7 @@ def main() -> None:
     own = [params["path"], os.path.dirname(params["path"])]
     now = read_files(params["trees"], params["paths"], [*params["exclude"], *own])
     now.update(read_packages(module))
-    now.update(read_units(module))
+    now.update(read_units(module, params["exclude"]))
     now.update(read_probes(module, params["probe_dir"]))
     reasons = compare(now, then, params["inputs"], params["converge_all"])
     recorded = False

@@ -19,21 +19,26 @@ from preflight import ROOT, run_play
 LOCAL = {"ansible_python_interpreter": "{{ ansible_playbook_python }}"}
 
 
-def state_play(tmp_path: Path, inputs: str | None = "inputs-1", record: bool = False) -> dict:
-    """Run the module once on the controller; its result."""
+def state_play(
+    tmp_path: Path, inputs: str | None = "inputs-1", record: bool = False, path: str = ""
+) -> dict:
+    """Run the module once on the controller; its result. `path` goes before the controller's
+    own PATH (a stand-in systemctl)."""
     task = {
         "name": "state",
         "stackkit.kit.host_state": {
             **({"inputs": inputs} if inputs is not None else {}),
             "trees": [str(tmp_path / "etc")],
             "paths": [str(tmp_path / "srv" / "*"), str(tmp_path / "srv" / "*" / "*")],
-            "exclude": ["*/volatile"],
+            "exclude": ["*/volatile", "self-disabling.timer"],
             "probe_dir": str(tmp_path / "probes"),
             "path": str(tmp_path / "srv" / "kit" / "state.json"),
             "record": record,
         },
         "register": "result",
     }
+    if path:
+        task["environment"] = {"PATH": f"{path}:{{{{ lookup('env', 'PATH') }}}}"}
     out = tmp_path / "result.json"
     show = {"ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": str(out)}}
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
@@ -196,3 +201,28 @@ def test_a_second_change_to_an_item_already_differing_changes_the_state_digest(h
     second = state_play(host, inputs=None)
     assert first["differ"] == second["differ"] == 1
     assert first["state"] != second["state"]
+
+
+def test_a_unit_that_stops_is_drift_unless_it_stops_on_its_own(tmp_path: Path):
+    """The units are read with systemctl (a stand-in here). A unit excluded by name, as
+    apt-listchanges' timer is (it disables itself after its first run), is never read; any
+    other active unit that stops is seen."""
+    (tmp_path / "etc").mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    units = tmp_path / "units"
+    units.write_text(
+        "redis-server.service loaded active running Redis\n"
+        "self-disabling.timer loaded active waiting Once\n"
+    )
+    systemctl = bin_dir / "systemctl"
+    systemctl.write_text(f"#!/bin/sh\ncat {units}\n")
+    systemctl.chmod(0o755)
+    recorded = state_play(tmp_path, record=True, path=str(bin_dir))
+    assert recorded["recorded"]
+    units.write_text("redis-server.service loaded active running Redis\n")
+    assert state_play(tmp_path, path=str(bin_dir))["converge"] is False
+    units.write_text("")
+    found = state_play(tmp_path, path=str(bin_dir))
+    assert found["converge"] is True
+    assert "unit redis-server.service: active -> absent" in found["reasons"], found["reasons"]
