@@ -33,6 +33,10 @@ SERVES = {
     "stunnel4": {"app"},  # Elasticsearch's TLS proxy
     "epmd": {"broker"},
 }
+# The monitoring role's servers and exporters (`ss` shows 15 characters of a command:
+# prometheus, prometheus-aler(tmanager), prometheus-node(-exporter)...): the monitor hosts
+# scrape them, and no one else may (playbooks/group_vars/all/firewall.yml).
+MONITORING = "prometheus"
 _OWNER = re.compile(r'\("([^"]+)",pid=(\d+),')
 
 
@@ -41,8 +45,15 @@ def served_by(host, process: str, port: int):
     if "web" in groups_of(host) and port == int(var_of(host, "gunicorn_port", "gunicorn")):
         return {"web"}  # nginx on every web host, and no one else
     if process == "beam.smp":
-        amqp = int(var_of(host, "rabbitmq_amqp_port", "rabbitmq"))
-        return {"app"} if port == amqp else {"broker"}  # AMQPS; the Erlang distribution
+        if port == int(var_of(host, "rabbitmq_amqp_port", "rabbitmq")):
+            return {"app"}  # AMQPS
+        if var_of(host, "rabbitmq_prometheus_enabled", "rabbitmq") and port == int(
+            var_of(host, "rabbitmq_prometheus_port", "rabbitmq")
+        ):
+            return {"monitor"}  # RabbitMQ's own metrics endpoint
+        return {"broker"}  # the Erlang distribution
+    if process.startswith(MONITORING):
+        return {"monitor"}
     return SERVES.get(process)
 
 
