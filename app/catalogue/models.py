@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Count, F, Max, Q
 from django.db.models.functions import Greatest, Now
 from django.utils import timezone
@@ -113,6 +113,21 @@ class SubmissionQuerySet(models.QuerySet):
         unclaimed = Q(claimed_at__isnull=True) | Q(claimed_at__lt=F("sent_at"))
         lost = unclaimed & Q(sent_at__lt=drained_before) if drained_before else Q(pk__in=())
         return self.filter(stuck | lost, done_at__isnull=True).order_by("sent_at")
+
+    def to_take(self, product_id: str, limit: int) -> models.QuerySet:
+        """Single submissions (batch members are their batch's) whose insert message is waiting
+        in a queue, oldest sent first, as (pk, payload): not stored, and not claimed since that
+        send, so not being inserted by another worker. Locked for the transaction; rows another
+        worker is taking at the same moment are skipped, not waited for."""
+        return (
+            self.select_for_update(skip_locked=True)
+            .filter(batch_id__isnull=True, stored_at__isnull=True, done_at__isnull=True)
+            .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=F("sent_at")))
+            .exclude(pk=product_id)
+            # sent_at: the pending rows' partial index (catalogue_submission_sent)
+            .order_by("sent_at")
+            .values_list("pk", "payload")[:limit]
+        )
 
     def batches_to_summarise(self, done_before: datetime) -> models.QuerySet:
         """Ids of batches whose products are all done (the last before `done_before`) and whose
@@ -243,6 +258,43 @@ class Submission(models.Model):
         cls.objects.filter(pk__in=product_ids, done_at__isnull=True).update(
             claimed_at=now, redrive_at=Greatest(F("redrive_at"), lease)
         )
+
+    @classmethod
+    def take_singles(
+        cls, product_id: str, limit: int, first_delivery: bool
+    ) -> list[dict[str, Any]] | None:
+        """Group commit, for insert_product: claim its own submission and take along up to
+        `limit` others (SubmissionQuerySet.to_take), claimed too; returns their payloads (the
+        messages as sent). None when its own is not this message's to work:
+
+        - stored with its history: a copy ran before, or another insert took it along. Its
+          indexing was queued by whoever stored it and is the outbox's to re-drive if lost.
+        - taken by another insert (claimed since its send, or stored since) and this is the
+          message's first delivery and first send: the taker is working it. Its own row's
+          lock is waited for, so a taker storing it now is seen done. A taker that dies
+          leaves it claimed: the re-drive sends it again once the lease runs out, and that
+          copy (sends > 1) works it; one that fails hands it back (release_taken)."""
+        with transaction.atomic():
+            own = (
+                cls.objects.select_for_update()
+                .filter(pk=product_id)
+                .values_list("stored_at", "history_at", "sends", "claimed_at", "sent_at")
+                .first()
+            )
+            if own:
+                stored, history, sends, claimed, sent = own
+                taken_elsewhere = claimed is not None and (stored or claimed >= sent)
+                if (stored and history) or (first_delivery and sends == 1 and taken_elsewhere):
+                    return None
+            taken = list(cls.objects.to_take(product_id, limit)) if limit > 0 else []
+            cls.claim([product_id, *(pk for pk, _ in taken)])
+        return [payload for _, payload in taken]
+
+    @classmethod
+    def release_taken(cls, product_ids: list[str]) -> None:
+        """An insert that took these along failed before their history was written: their own
+        messages work them when they come (see take_singles), as if never taken."""
+        cls.objects.filter(pk__in=product_ids, history_at__isnull=True).update(claimed_at=None)
 
     @classmethod
     def forwarded(cls, product_ids: list[str]) -> None:

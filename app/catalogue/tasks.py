@@ -61,46 +61,36 @@ INSERT_RETRIES: dict[str, Any] = {
     **INSERT_RETRIES,
 )
 def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """Store one accepted submission. The id came with the message: a redelivered, retried or
-    re-driven message finds the row it wrote before (get_or_create), so nothing is ever stored
-    twice; the history document's id is derived from it too."""
+    """Store one accepted submission, and with it the single submissions waiting behind it
+    (group commit): under load they are stored, indexed and fetched as a batch, and their own
+    messages, when they come, find the work done. Idle, the group is the one product.
+
+    The id came with the message: a redelivered, retried or re-driven message finds the row
+    it wrote before, so nothing is ever stored twice; the history document's id is derived
+    from it too."""
     product_id = payload["id"]
-    Submission.claim([product_id])
-    steps = (
-        Submission.objects.filter(pk=product_id)
-        .values_list("stored_at", "history_at", "indexed_at")
-        .first()
-    )
-    if steps and steps[0] and steps[1]:
-        # A duplicate: re-driven, or redelivered, while an earlier copy was still queued behind a
-        # backlog. The product is stored with its history; only a missing indexing is worth a
-        # message, so a backlog after an outage is not multiplied by image fetches.
-        if not steps[2]:
-            index_product.delay(product_id)
-            Submission.forwarded([product_id])
+    # A group is never larger than a batch the API accepts: fetch_images' budget holds.
+    limit = settings.CATALOGUE_BATCH_MAX - 1
+    taken = Submission.take_singles(product_id, limit, _first_delivery(self.request))
+    if taken is None:
+        # Stored with its history, or being worked by the insert that took it: a copy queues
+        # nothing, so a backlog is not multiplied by indexings and image fetches.
         return {"id": product_id, "created": False}
-    with transaction.atomic():
-        product, created = Product.objects.get_or_create(
-            id=product_id,
-            defaults={
-                "title": payload["title"],
-                "description": payload.get("description", ""),
-                "image_url": payload["image_url"],
-                "submitted_at": datetime.fromisoformat(payload["submitted_at"]),
-            },
-        )
-        if created:
-            Event.record(product.id, EventKind.CREATED)
-        Submission.mark(product.id, Submission.STORED)
-        # Enqueued only once the row is committed, and again on a redelivery: indexing is
-        # idempotent, and the first delivery may have died between commit and publish.
-        index_product.delay_on_commit(str(product.id))
-        Submission.forwarded([product.id])
-        if product.image_status == ImageStatus.PENDING:
-            fetch_image_metadata.delay_on_commit(str(product.id), product.image_url)
-    get_store().save_submission(str(product.id), payload)
-    Submission.mark(product.id, Submission.HISTORY)
-    return {"id": str(product.id), "created": created, "title": product.title}
+    try:
+        created = _store_submissions([payload, *taken])
+    except Exception:
+        if taken:
+            _release_taken([p["id"] for p in taken])
+        raise
+    return {"id": product_id, "created": product_id in created, "taken": len(taken)}
+
+
+def _release_taken(product_ids: list[str]) -> None:
+    try:
+        Submission.release_taken(product_ids)
+    except DATABASE_OUTAGE:
+        # Left claimed: the re-drive sends them again once the claim's lease runs out.
+        log.warning("could not hand back %d submissions taken along", len(product_ids))
 
 
 @shared_task(
@@ -109,17 +99,32 @@ def insert_product(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     **INSERT_RETRIES,
 )
 def insert_batch(self: Any, payloads: list[dict[str, Any]], batch_id: str) -> dict[str, Any]:
-    """Store a batch's submissions together: one INSERT of the products and one of their
+    """Store a batch's submissions together (see _store_submissions), then the batch's
+    summary. As with insert_product, running it twice stores, records and summarises each
+    product once."""
+    Submission.claim([payload["id"] for payload in payloads])
+    created = _store_submissions(payloads)
+    results = [{"id": p["id"], "created": p["id"] in created} for p in payloads]
+    # A copy of the batch run after the summary was written would count every product as
+    # already present: the first summary stands.
+    if Submission.objects.filter(batch_id=batch_id, summarised_at__isnull=True).exists():
+        summarise_batch(results, batch_id)
+    return {"batch_id": batch_id, "products": len(payloads), "created": len(created)}
+
+
+def _store_submissions(payloads: list[dict[str, Any]]) -> set[str]:
+    """Store claimed submissions together: one INSERT of the products and one of their
     `created` events, one insert_many of their history documents, one message to index them
-    all and one to fetch their images, then the batch's summary. As with insert_product,
-    running it twice stores, records and summarises each product once: the members' outbox
-    rows are locked while the products are looked up and inserted, the history documents' ids
-    are derived, and a member already stored with its history costs at most its indexing."""
+    all and one to fetch their images. Returns the ids of the products it created.
+
+    The submissions' outbox rows are locked while the products are looked up and inserted,
+    so a second run (a redelivery, a re-drive, a batch after a member re-driven alone) waits
+    and finds them stored: a submission already stored with its history costs at most its
+    indexing, and one without history has it written again (MongoDB keeps the first)."""
     ids = [payload["id"] for payload in payloads]
-    Submission.claim(ids)
     with transaction.atomic():
-        # In one order, so two copies of a batch (or a re-driven member) queue behind each
-        # other instead of deadlocking; the second finds the products stored.
+        # In one order, so two runs over the same rows queue behind each other instead of
+        # deadlocking; the second finds the products stored.
         rows = Submission.objects.select_for_update().filter(pk__in=ids).order_by("pk")
         steps = {
             str(pk): (stored and history, indexed)
@@ -162,12 +167,7 @@ def insert_batch(self: Any, payloads: list[dict[str, Any]], batch_id: str) -> di
             fetch_images.delay_on_commit(images)
     get_store().save_submissions({payload["id"]: payload for payload in open_})
     Submission.mark_all([payload["id"] for payload in open_], Submission.HISTORY)
-    results = [{"id": p["id"], "created": p["id"] not in existing} for p in payloads]
-    # A copy of the batch run after the summary was written would count every product as
-    # already present: the first summary stands.
-    if Submission.objects.filter(batch_id=batch_id, summarised_at__isnull=True).exists():
-        summarise_batch(results, batch_id)
-    return {"batch_id": batch_id, "products": len(payloads), "created": len(new)}
+    return {payload["id"] for payload in new}
 
 
 @shared_task(name="catalogue.tasks.summarise_batch")

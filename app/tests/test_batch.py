@@ -160,7 +160,7 @@ def test_a_batch_after_a_redriven_member_stores_and_records_that_member_once(
     assert result["created"] == 1
     assert Product.objects.count() == 2
     assert Event.objects.filter(kind="created").count() == 2
-    assert store.submission_writes == [("replace_one", 1), ("insert_many", 1)]
+    assert store.submission_writes == [("insert_many", 1), ("insert_many", 1)]
     summary = store.get_batch(body["batch_id"])
     assert (summary["created"], summary["already_present"]) == (1, 1)
 

@@ -1,3 +1,4 @@
+import json
 import uuid
 
 import pytest
@@ -8,6 +9,9 @@ from catalogue.backoff import backoff_ceilings, backoff_delay
 from catalogue.models import Event, ImageStatus, Product, Submission
 
 pytestmark = pytest.mark.django_db
+
+
+IMAGE = "https://example.org/a.png"
 
 
 def submission(**extra):
@@ -44,10 +48,10 @@ def test_indexing_and_image_fetch_are_enqueued_only_after_commit(
     assert len(callbacks) == 2
     for callback in callbacks:
         callback()
-    published = {(m.queue, m.task, m.args[0]) for m in broker.drain()}
+    published = {(m.queue, m.task, json.dumps(m.args[0])) for m in broker.drain()}
     assert published == {
-        ("indexing", "catalogue.tasks.index_product", payload["id"]),
-        ("slow", "catalogue.tasks.fetch_image_metadata", payload["id"]),
+        ("indexing", "catalogue.tasks.index_products", json.dumps([payload["id"]])),
+        ("slow", "catalogue.tasks.fetch_images", json.dumps([[payload["id"], IMAGE]])),
     }
 
 

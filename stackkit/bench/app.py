@@ -19,7 +19,8 @@ Right before the uncached autocomplete and the search phases, wrk measures Elast
 answering the app's own bodies for them on the search host, then the web for the same requests
 through nginx, with the same generator, connections and duration, and prints the ratio
 (stackkit/bench/wrk.py). The ingest phases post products through the batch endpoint, flat out
-and at a set rate, and time them until stored with their history and searchable
+and at a set rate (ingest-paced: batches of one), and (ingest-singles) one product per POST to
+/api/products/ at that rate, and time them until stored with their history and searchable
 (stackkit/bench/ingest.py). Each figure comes with the 1-minute load average at its end: on a
 shared machine the ratios of one run are the figures to compare.
 
@@ -60,7 +61,8 @@ PHASES = {
 }
 WRITERS = 5  # users of the POST phase, each at BENCH_WRITES_PER_USER a second
 # The phases that are not Locust's, in the order they run after those.
-INGEST = ("ingest", "ingest-paced")
+# ingest-singles: the paced rate, each product one POST to /api/products/ (insert_product's path).
+INGEST = ("ingest", "ingest-paced", "ingest-singles")
 # The Locust phase before which wrk measures Elasticsearch and the web for the same endpoint.
 WRK_BEFORE = {"autocomplete-cold": "autocomplete", "search": "search"}
 
@@ -251,9 +253,10 @@ def print_compare(endpoint: str, figures: dict) -> None:
 
 
 def ingest_phase(phase: str, args: argparse.Namespace, token: str, batch_max: int) -> dict:
-    paced = phase == "ingest-paced"
+    single = phase == "ingest-singles"
+    paced = phase == "ingest-paced" or single
     products = args.paced_products if paced else args.ingest
-    batch_size = args.paced_batch if paced else (args.batch_size or batch_max)
+    batch_size = 1 if single else args.paced_batch if paced else (args.batch_size or batch_max)
     plan = ingest.plan(ingest.run_word(), products, batch_size, args.ingest_sample)
     ledger = ingest.run(
         args.url,
@@ -262,6 +265,7 @@ def ingest_phase(phase: str, args: argparse.Namespace, token: str, batch_max: in
         posters=max(args.ingest_posters, 8 if paced else 1),
         rate=args.paced_rate if paced else 0.0,
         timeout=args.ingest_timeout,
+        single=single,
     )
     return {**ledger.figures(), "rate": args.paced_rate if paced else 0, "load1": load1()}
 

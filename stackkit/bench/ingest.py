@@ -186,8 +186,18 @@ def payload(titles: list[str]) -> dict:
     return {"products": [{"title": title, "image_url": IMAGE} for title in titles]}
 
 
+def request(titles: list[str], single: bool) -> tuple[str, dict]:
+    """The path and body of one POST: a batch, or (single) one product on its own endpoint."""
+    if single:
+        [title] = titles
+        return "/api/products/", {"title": title, "image_url": IMAGE}
+    return "/api/products/batch", payload(titles)
+
+
 # -- the run against a site ----------------------------------------------------------------------
-def post_batches(url: str, session, ledger: Ledger, queue: list[int], schedule) -> None:
+def post_batches(
+    url: str, session, ledger: Ledger, queue: list[int], schedule, single: bool = False
+) -> None:
     """One poster: takes the next batch, waits for its slot (paced runs), posts it until the
     API answers other than 429 or 503 (those are posted again after a short pause)."""
     while True:
@@ -201,8 +211,8 @@ def post_batches(url: str, session, ledger: Ledger, queue: list[int], schedule) 
         while True:
             ledger.posting(batch, time.monotonic())
             try:
-                body = payload(ledger.plan.batches[batch])
-                answer = session.post(f"{url}/api/products/batch", json=body, timeout=30)
+                path, body = request(ledger.plan.batches[batch], single)
+                answer = session.post(f"{url}{path}", json=body, timeout=30)
                 status = answer.status_code
                 status_url = answer.json().get("status_url") if status == 202 else None
             except Exception as error:  # counted, and the batch goes again
@@ -226,7 +236,8 @@ def watch(url: str, session, ledger: Ledger, stop: threading.Event, interval: fl
                 ledger.seen([r.get("title", "") for r in found.json()["results"]], time.monotonic())
         while (batch := ledger.next_unfinished()) is not None:
             status = session.get(f"{url}{ledger.status_urls[batch]}", timeout=10)
-            if not (status.ok and status.json().get("status") == "done"):
+            # A batch's summary says done; a single product's status says stored.
+            if not (status.ok and status.json().get("status") in ("done", "stored")):
                 break
             with ledger.lock:
                 ledger.done[batch] = time.monotonic()
@@ -245,9 +256,11 @@ def run(
     rate: float = 0.0,
     timeout: float = 600.0,
     interval: float = 0.1,
+    single: bool = False,
 ) -> Ledger:
     """Posts the plan with `posters` threads (at `rate` products a second when set) and watches
-    until every product is done, or `timeout` seconds after the last POST."""
+    until every product is done, or `timeout` seconds after the last POST. `single`: each
+    product is one POST to /api/products/ (the plan's batches are of one)."""
     ledger = Ledger(plan=plan)
     queue = list(range(len(plan.batches)))
     begin = time.monotonic() + 0.5  # every poster started before the first slot
@@ -261,7 +274,7 @@ def run(
 
     threads = [
         threading.Thread(
-            target=post_batches, args=(url, session_factory(), ledger, queue, schedule)
+            target=post_batches, args=(url, session_factory(), ledger, queue, schedule, single)
         )
         for _ in range(posters)
     ]

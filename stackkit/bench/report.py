@@ -227,8 +227,8 @@ def wrk_lines(data: dict) -> list[str]:
 
 
 def ingest_lines(data: dict) -> list[str]:
-    """Products through the batch endpoint until stored with their history and searchable."""
-    runs = {k: data[k] for k in ("ingest", "ingest_paced") if data.get(k)}
+    """Products through the API until stored with their history and searchable."""
+    runs = {k: data[k] for k in ("ingest", "ingest_paced", "ingest_singles") if data.get(k)}
     if not runs:
         return []
 

@@ -207,6 +207,16 @@ def test_the_ledger_times_products_from_their_post_to_done_and_searchable():
     assert f["sample_found"] == 2
 
 
+def test_the_singles_phase_posts_each_product_to_the_single_product_endpoint():
+    """insert_product's path, not a batch of one (which takes insert_batch's)."""
+    assert ingest.request(["Ingest bakuto 00001"], single=True) == (
+        "/api/products/",
+        {"title": "Ingest bakuto 00001", "image_url": ingest.IMAGE},
+    )
+    path, body = ingest.request(["a", "b"], single=False)
+    assert path == "/api/products/batch" and len(body["products"]) == 2
+
+
 def test_an_ingest_that_never_became_searchable_has_no_end_to_end_rate():
     plan = ingest.plan("bakuto", products=5, batch_size=5, sample=1)
     ledger = ingest.Ledger(plan=plan)
