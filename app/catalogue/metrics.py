@@ -52,7 +52,7 @@ class OutboxCollector:
     def collect(self) -> Iterator[Metric]:
         now = timezone.now()
         up = GaugeMetricFamily(
-            "catalogue_outbox_up", "1 when the outbox figures below could be read from the database."
+            "catalogue_outbox_up", "1 when the outbox figures could be read from the database."
         )
         try:
             row = Submission.objects.pending().aggregate(

@@ -93,9 +93,7 @@ def test_a_scrape_without_the_token_is_refused(client, enabled, token):
 
 def test_a_basic_or_query_credential_is_no_token(client, enabled):
     assert client.get(f"/metrics?token={TOKEN}").status_code == 401
-    assert (
-        client.get("/metrics", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
-    )
+    assert client.get("/metrics", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
 
 
 def test_a_malformed_digest_is_a_configuration_error(client, settings):
