@@ -161,31 +161,56 @@ def prove(
     reach Alertmanager within `within` s; start it again: each must be resolved within `within`
     s. Returns (seconds to fire, seconds to resolve) by alert name. The unit is started again
     whatever happens."""
-    fault = f"{unit} stopped on {victim.backend.host}"
+    return prove_fault(
+        manager,
+        f"{unit} stopped on {victim.backend.host}",
+        lambda: victim.check_output("systemctl stop %s", unit),
+        lambda: victim.check_output("systemctl start %s", unit),
+        label_sets,
+        within,
+    )
+
+
+def prove_fault(
+    manager: Alertmanager,
+    fault: str,
+    inject: Callable[[], object],
+    recover: Callable[[], object],
+    label_sets: Sequence[Mapping[str, str]],
+    within: float = ALERT_WITHIN,
+    interval: float = 1.0,
+) -> dict[str, tuple[float, float]]:
+    """Any fault: once `inject` has returned, each alert with one of `label_sets` must reach
+    Alertmanager within `within` s; once `recover` has returned, each must be resolved within
+    `within` s. None may be active before. Returns (seconds to fire, seconds to resolve) by
+    alert name, timed with a monotonic clock. `recover` runs whatever happens once `inject`
+    has begun."""
     for labels in label_sets:
-        if not wait_for(lambda labels=labels: not manager.firing(labels), within, 1.0):
+        if not wait_for(lambda labels=labels: not manager.firing(labels), within, interval):
             raise AlertNotSeen(f"{dict(labels)} is active before the fault")
     fired_after: dict[str, float] = {}
     try:
-        victim.check_output("systemctl stop %s", unit)
-        stopped = time.monotonic()
+        inject()
+        injected = time.monotonic()
         for labels in label_sets:
-            left = max(1.0, within - (time.monotonic() - stopped))
-            if not wait_for(lambda labels=labels: manager.firing(labels), left, 1.0):
+            left = max(interval, within - (time.monotonic() - injected))
+            if not wait_for(lambda labels=labels: manager.firing(labels), left, interval):
                 raise AlertNotSeen(
                     f"{fault}: {dict(labels)} did not reach Alertmanager in {within} s"
                 )
-            fired_after[labels["alertname"]] = time.monotonic() - stopped
+            fired_after[labels["alertname"]] = time.monotonic() - injected
     finally:
-        victim.check_output("systemctl start %s", unit)
-    started = time.monotonic()
+        recover()
+    recovered = time.monotonic()
     times = {}
     for labels in label_sets:
-        left = max(1.0, within - (time.monotonic() - started))
-        if not wait_for(lambda labels=labels: not manager.firing(labels), left, 1.0):
-            raise AlertNotSeen(f"{fault}: {dict(labels)} still active {within} s after the start")
+        left = max(interval, within - (time.monotonic() - recovered))
+        if not wait_for(lambda labels=labels: not manager.firing(labels), left, interval):
+            raise AlertNotSeen(
+                f"{fault}: {dict(labels)} still active {within} s after the recovery"
+            )
         name = labels["alertname"]
-        times[name] = (fired_after[name], time.monotonic() - started)
+        times[name] = (fired_after[name], time.monotonic() - recovered)
     return times
 
 

@@ -364,9 +364,15 @@ def unencrypted_ports(server, tier: str, prober) -> dict[int, str]:
     from `prober`, but the brokers' Erlang distribution, which the firewall opens to the other
     brokers only: that one is tried from the broker itself."""
     local = set()
+    exempt = {EPMD}
     if tier == "broker":
         local.add(("beam.smp", int(var_of(server, "rabbitmq_dist_port", "rabbitmq"))))
-    listeners = [p for p in tier_listeners(server, tier) if (p.process, p.port) != EPMD]
+        # RabbitMQ's own metrics endpoint (rabbitmq_prometheus, with a monitor group) is plain
+        # HTTP, as every exporter's scrape is (docs/monitoring.md): read-only figures, no
+        # message or credential, and the firewall admits the monitor hosts only.
+        if var_of(server, "rabbitmq_prometheus_enabled", "rabbitmq"):
+            exempt.add(("beam.smp", int(var_of(server, "rabbitmq_prometheus_port", "rabbitmq"))))
+    listeners = [p for p in tier_listeners(server, tier) if (p.process, p.port) not in exempt]
     from_server = [p for p in listeners if (p.process, p.port) in local]
     from_prober = [p for p in listeners if p not in from_server]
     tried = list(zip(from_prober, tls_only_problems(prober, from_prober), strict=True))

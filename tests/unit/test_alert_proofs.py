@@ -139,3 +139,71 @@ def test_without_a_record_the_window_counts_every_alert(manager, capsys):
     manager.fired = [series(REDIS_DOWN)]
     assert alerts.main(["quiet", "--inventory", "inv", "--window", "5m", "--wait", "30"]) == 1
     assert manager.spans == [330]
+
+
+OUTBOX_OVERDUE = {"alertname": "CatalogueOutboxOverdue"}
+
+
+class FaultyStack:
+    """An Alertmanager whose alert is active from `fires_after` checks after the fault until
+    `resolves_after` checks after the recovery (None: never)."""
+
+    def __init__(self, fires_after: int | None = 1, resolves_after: int | None = 1):
+        self.fires_after, self.resolves_after = fires_after, resolves_after
+        self.phase, self.checks, self.steps = "before", 0, []
+
+    def inject(self):
+        self.steps.append("inject")
+        self.phase, self.checks = "fault", 0
+
+    def recover(self):
+        self.steps.append("recover")
+        self.phase, self.checks = "recovered", 0
+
+    def firing(self, labels) -> bool:
+        assert labels == OUTBOX_OVERDUE
+        self.checks += 1
+        if self.phase == "fault":
+            return self.fires_after is not None and self.checks > self.fires_after
+        if self.phase == "recovered":
+            return self.resolves_after is None or self.checks <= self.resolves_after
+        return False
+
+
+def test_a_fault_proof_times_the_alert_firing_and_resolving():
+    stack = FaultyStack(fires_after=2, resolves_after=2)
+    times = alerts.prove_fault(
+        stack, "a fault", stack.inject, stack.recover, [OUTBOX_OVERDUE], within=5, interval=0.01
+    )
+    fire, resolve = times["CatalogueOutboxOverdue"]
+    assert stack.steps == ["inject", "recover"]
+    assert 0.01 <= fire < 5
+    assert 0.01 <= resolve < 5
+
+
+def test_an_alert_that_never_fires_fails_the_proof_and_still_recovers():
+    stack = FaultyStack(fires_after=None)
+    with pytest.raises(alerts.AlertNotSeen, match="did not reach Alertmanager"):
+        alerts.prove_fault(
+            stack, "a fault", stack.inject, stack.recover, [OUTBOX_OVERDUE], 0.1, 0.01
+        )
+    assert stack.steps == ["inject", "recover"]
+
+
+def test_an_alert_that_never_resolves_fails_the_proof():
+    stack = FaultyStack(resolves_after=None)
+    with pytest.raises(alerts.AlertNotSeen, match="still active"):
+        alerts.prove_fault(
+            stack, "a fault", stack.inject, stack.recover, [OUTBOX_OVERDUE], 0.1, 0.01
+        )
+
+
+def test_an_alert_active_before_the_fault_fails_the_proof_before_any_fault():
+    stack = FaultyStack()
+    stack.phase = "recovered"
+    stack.resolves_after = None
+    with pytest.raises(alerts.AlertNotSeen, match="active before the fault"):
+        alerts.prove_fault(
+            stack, "a fault", stack.inject, stack.recover, [OUTBOX_OVERDUE], 0.1, 0.01
+        )
+    assert stack.steps == []

@@ -81,3 +81,16 @@ def test_app_refuses_a_deny_list_of_names(tmp_path):
     result = run_preflight(tmp_path, "app", {**APP, "app_image_fetch_deny": ["db1.example.com"]})
     assert result.returncode != 0
     assert "app_image_fetch_deny" in result.stdout + result.stderr
+
+
+def test_app_accepts_a_long_metrics_token(tmp_path):
+    result = run_preflight(tmp_path, "app", {**APP, "app_metrics_token": TOKEN})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_app_refuses_a_short_metrics_token_without_showing_it(tmp_path):
+    short = "metrics-0123456789"  # 18 characters: strong enough as a password, not as a token
+    result = run_preflight(tmp_path, "app", {**APP, "app_metrics_token": short})
+    assert result.returncode != 0
+    assert "app_metrics_token" in result.stdout + result.stderr
+    assert short not in result.stdout + result.stderr

@@ -107,3 +107,13 @@ def test_without_a_monitor_group_https_admits_the_balancer_only(tmp_path):
     hosts = {"all": {"children": {**HOSTS["all"]["children"], "monitor": {"hosts": {}}}}}
     sources = firewall_sources(tmp_path, {"web": {"stack_public_sources": ["192.0.2.10"]}}, hosts)
     assert sources[443] == ["192.0.2.10"]
+
+
+def test_gunicorn_admits_the_nginx_and_monitor_hosts_only(tmp_path):
+    """The monitor hosts read the app's /metrics from gunicorn directly."""
+    assert firewall_sources(tmp_path, {})[8000] == ["10.0.1.11", "10.0.2.21"]
+
+
+def test_without_a_monitor_group_gunicorn_admits_the_nginx_hosts_only(tmp_path):
+    hosts = {"all": {"children": {**HOSTS["all"]["children"], "monitor": {"hosts": {}}}}}
+    assert firewall_sources(tmp_path, {}, hosts)[8000] == ["10.0.1.11"]

@@ -200,3 +200,93 @@ def test_a_broker_without_the_prometheus_plugin_is_not_scraped(tmp_path):
     jobs = scraped(tmp_path, brokers, {"broker": {"rabbitmq_prometheus_enabled": False}})
     assert "rabbitmq" not in jobs
     assert "node" in jobs
+
+
+def catalogue_job(tmp_path, group_vars: dict | None = None, hosts=WEB_HOSTS) -> dict | None:
+    variables = plays(tmp_path, group_vars or {}, hosts)
+    config = yaml.safe_load(render(variables, "mon1", "etc/prometheus/prometheus.yml.j2"))
+    return next((job for job in config["scrape_configs"] if job["job_name"] == "catalogue"), None)
+
+
+def test_every_web_hosts_gunicorn_is_scraped_with_the_token_over_mutual_tls(tmp_path):
+    """As nginx reaches gunicorn: HTTPS checked against the internal CA for the upstream's
+    name, the monitor host's own certificate shown; and the token file."""
+    job = catalogue_job(tmp_path)
+    assert [entry["targets"] for entry in job["static_configs"]] == [
+        ["10.0.1.11:8000"],
+        ["10.0.1.12:8000"],
+        ["10.0.1.13:8000"],
+    ]
+    assert [entry["labels"]["instance"] for entry in job["static_configs"]] == [
+        "web1",
+        "web2",
+        "web3",
+    ]
+    assert job["metrics_path"] == "/metrics"
+    assert job["scheme"] == "https"
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "/etc/prometheus/catalogue-metrics.token",
+    }
+    assert job["tls_config"] == {
+        "ca_file": "/etc/ssl/stackkit/ca.crt",
+        "server_name": "catalogue-web.internal",
+        "cert_file": "/etc/ssl/stackkit/host.crt",
+        "key_file": "/etc/ssl/stackkit/host.key",
+    }
+
+
+def test_a_gunicorn_moved_or_without_tls_is_scraped_where_and_as_it_serves(tmp_path):
+    job = catalogue_job(tmp_path, {"web": {"gunicorn_port": 8100, "gunicorn_tls_enabled": False}})
+    assert job["static_configs"][0]["targets"] == ["10.0.1.11:8100"]
+    assert job["scheme"] == "http"
+    assert "tls_config" not in job
+
+
+MONITOR_ONLY = {"all": {"children": {"monitor": HOSTS["all"]["children"]["monitor"]}}}
+
+
+def test_without_a_web_host_there_is_no_catalogue_job(tmp_path):
+    assert catalogue_job(tmp_path, hosts=MONITOR_ONLY) is None
+
+
+def test_the_web_hosts_get_the_metrics_token_only_with_a_monitor_group(tmp_path):
+    token = {"vault_app_metrics_token": "unit-test-only-metrics-token-0123456789"}
+    variables = plays(tmp_path, {"all": token}, WEB_HOSTS)
+    assert variables.value("web1", "app_metrics_token") == token["vault_app_metrics_token"]
+    assert variables.value("mon1", "monitoring_catalogue_token") == token["vault_app_metrics_token"]
+    alone = {"all": {"children": {"web": WEB_HOSTS["all"]["children"]["web"]}}}
+    assert plays(tmp_path, {"all": token}, alone).value("web1", "app_metrics_token") == ""
+
+
+def test_the_catalogue_rules_name_the_thresholds(tmp_path):
+    variables = plays(
+        tmp_path,
+        {
+            "monitor": {
+                "monitoring_catalogue_outbox_overdue_seconds": 90,
+                "monitoring_catalogue_5xx_percent": 2.5,
+                "monitoring_catalogue_latency_p99_seconds": 0.75,
+                "monitoring_catalogue_window": "10m",
+            }
+        },
+        WEB_HOSTS,
+    )
+    rules = yaml.safe_load(render(variables, "mon1", "etc/prometheus/rules/catalogue.yml.j2"))
+    by_name = {rule["alert"]: rule for rule in rules["groups"][0]["rules"]}
+    assert set(by_name) == {"CatalogueOutboxOverdue", "Catalogue5xxRatio", "CatalogueLatencyP99"}
+    assert by_name["CatalogueOutboxOverdue"]["expr"].endswith("> 90")
+    assert "for" not in by_name["CatalogueOutboxOverdue"]
+    assert "> 2.5" in by_name["Catalogue5xxRatio"]["expr"]
+    assert 'status=~"5.."' in by_name["Catalogue5xxRatio"]["expr"]
+    assert "[10m]" in by_name["Catalogue5xxRatio"]["expr"]
+    assert by_name["Catalogue5xxRatio"]["for"] == "10m"
+    assert "histogram_quantile(0.99, sum by (view, le)" in by_name["CatalogueLatencyP99"]["expr"]
+    assert "> 0.75" in by_name["CatalogueLatencyP99"]["expr"]
+    empty = plays(tmp_path, {}, MONITOR_ONLY)
+    assert (
+        yaml.safe_load(render(empty, "mon1", "etc/prometheus/rules/catalogue.yml.j2"))["groups"][0][
+            "rules"
+        ]
+        == []
+    )

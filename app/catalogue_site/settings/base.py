@@ -26,18 +26,25 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.staticfiles",
+    "django_prometheus",
     "catalogue",
 ]
 
 MIDDLEWARE = [
+    # Outermost, so the request metrics time everything below (catalogue/metrics.py).
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # First, so it strips the body of every HEAD answer, error pages included (see its docstring).
     "catalogue.middleware.head_without_body",
+    # /metrics, for the monitor hosts, before the Host header is checked (catalogue/metrics.py).
+    "catalogue.metrics.endpoint",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Innermost: counts each response by status and view and times the view.
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 # --- Who may add products through the page -----------------------------------------------------
@@ -311,6 +318,11 @@ INDEXING_BACKOFF_CAP = env_int("INDEXING_BACKOFF_CAP", 300)
 # Fixed caps of the other retrying tasks (seconds).
 INSERT_BACKOFF_CAP = 120
 RECONCILE_BACKOFF_CAP = 300
+
+# --- Metrics (catalogue/metrics.py) --------------------------------------------------------------
+# /metrics answers only a request with the bearer token whose SHA-256 hex digest this is (the
+# environment file holds the digest, not the token); empty, /metrics does not exist.
+CATALOGUE_METRICS_TOKEN_HASH = env("CATALOGUE_METRICS_TOKEN_HASH", "")
 
 # --- The submission outbox (catalogue.models.Submission) ----------------------------------------
 # A submission taken by a worker and not done by its deadline is sent again: at least this long
