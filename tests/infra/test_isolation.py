@@ -43,7 +43,7 @@ _OWNER = re.compile(r'\("([^"]+)",pid=(\d+),')
 def served_by(host, process: str, port: int):
     """The sources that must reach `port`, or None when no tier is known to need it."""
     if "web" in groups_of(host) and port == int(var_of(host, "gunicorn_port", "gunicorn")):
-        return {"web"}  # nginx on every web host, and no one else
+        return {"web", "monitor"}  # nginx on every web host; the monitor hosts' scrape of /metrics
     if process == "beam.smp":
         if port == int(var_of(host, "rabbitmq_amqp_port", "rabbitmq")):
             return {"app"}  # AMQPS
