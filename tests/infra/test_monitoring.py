@@ -399,7 +399,9 @@ def test_every_rule_file_is_loaded_with_every_alert_healthy(host, v):
         for rule in group["rules"]:
             assert rule["health"] == "ok", rule
             loaded.setdefault(group["file"], set()).add(rule["name"])
-    assert loaded == on_disk
+    # A file whose groups hold no alert (the catalogue's, with no web host to scrape) has
+    # nothing for Prometheus to list.
+    assert loaded == {path: alerts for path, alerts in on_disk.items() if alerts}
 
 
 def test_exporters_answer_the_monitor_hosts_only(host, v, inventory_hosts):
