@@ -178,6 +178,10 @@ def test_every_inventory_host_is_scraped_and_up(host, v):
     if v("monitoring_blackbox_enabled") and v("monitoring_blackbox_web_group"):
         probed = render(host, f"groups['{v('monitoring_blackbox_web_group')}'] | default([])")
         wanted |= {("blackbox", name) for name in probed}
+    if v("monitoring_catalogue_group"):
+        # The app's /metrics on each host of its group (the web hosts).
+        apps = render(host, f"groups['{v('monitoring_catalogue_group')}'] | default([])")
+        wanted |= {("catalogue", name) for name in apps}
     seen: dict[tuple[str, str], str] = {}
 
     def all_up() -> bool:
