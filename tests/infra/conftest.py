@@ -422,3 +422,25 @@ def internal_get(web, url: str) -> dict:
     """GET an internal endpoint (/healthz, /readyz, /api/stats) of nginx on the web host
     itself, the only place besides monitoring it answers: {"status": ..., "body": ...}."""
     return json.loads(web.check_output("python3 -c %s %s", _INTERNAL_GET, url))
+
+
+# Each alert proof's fire and resolve times (test_monitoring, test_app_metrics).
+ALERT_TIMES = ROOT / "build" / "monitoring" / "alert-times.json"
+
+
+def record_alert_times(request, fault: str, alert: str, fire: float, resolve: float) -> None:
+    """Print an alert proof's fire and resolve times and keep them in ALERT_TIMES, one entry
+    per fault (CI keeps the file)."""
+    figures = json.loads(ALERT_TIMES.read_text()) if ALERT_TIMES.exists() else {}
+    figures[fault] = {
+        "alert": alert,
+        "fire_seconds": round(fire, 1),
+        "resolve_seconds": round(resolve, 1),
+    }
+    ALERT_TIMES.parent.mkdir(parents=True, exist_ok=True)
+    ALERT_TIMES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.write_line(
+            f"{fault}: {alert} fired after {fire:.1f} s, resolved {resolve:.1f} s after recovery"
+        )

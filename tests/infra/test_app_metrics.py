@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 
 import pytest
 from conftest import (
-    ROOT,
     SUPERUSER_PSQL,
     address_of,
+    record_alert_times,
     render,
     tcp_reachable_from,
     var_of,
@@ -29,7 +29,6 @@ from stackkit.alerts import ALERT_WITHIN, Alertmanager, get_json, prove_fault
 testinfra_hosts = ["ansible://monitor"]
 ROLE = "monitoring"
 TOKEN_FILE = "/etc/prometheus/catalogue-metrics.token"
-FIGURES = ROOT / "build" / "monitoring" / "alert-times.json"
 RULES = {"CatalogueOutboxOverdue", "Catalogue5xxRatio", "CatalogueLatencyP99"}
 
 # Run on the monitor host as root: GET a web host's /metrics as Prometheus does (the CA, the
@@ -203,22 +202,6 @@ def test_the_catalogue_alert_rules_are_loaded(host, v):
     assert all(state != "err" for state in health.values()), health
 
 
-def record(request, fault: str, alert: str, fire: float, resolve: float) -> None:
-    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    figures[fault] = {
-        "alert": alert,
-        "fire_seconds": round(fire, 1),
-        "resolve_seconds": round(resolve, 1),
-    }
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter:
-        reporter.write_line(
-            f"{fault}: {alert} fired after {fire:.1f} s, resolved {resolve:.1f} s after recovery"
-        )
-
-
 def worker_units(worker) -> list[str]:
     out = worker.check_output(
         "systemctl list-units --all --plain --no-legend --type=service 'catalogue-worker-*'"
@@ -291,4 +274,6 @@ def test_an_overdue_submission_fires_catalogue_outbox_overdue_and_resolves(
     )
     assert done.strip() == "t", f"the product is not done after the workers ran: {done}"
     fire, resolve = times["CatalogueOutboxOverdue"]
-    record(request, "submission overdue, workers stopped", "CatalogueOutboxOverdue", fire, resolve)
+    record_alert_times(
+        request, "submission overdue, workers stopped", "CatalogueOutboxOverdue", fire, resolve
+    )

@@ -7,7 +7,6 @@ runs again."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -22,6 +21,7 @@ from conftest import (
     address_of,
     assert_sandboxed,
     main_pid,
+    record_alert_times,
     render,
     tcp_reachable_from,
     var_of,
@@ -47,8 +47,6 @@ TIER_JOBS = [(job, variable) for job, _, variable in TIER_EXPORTERS] + [
 ]
 BLACKBOX_UNIT = "prometheus-blackbox-exporter"
 BIN = Path(sys.executable).parent
-# Each fault's fire and resolve times, kept by CI.
-FIGURES = ROOT / "build" / "monitoring" / "alert-times.json"
 # Prometheus reads sizes in powers of 1024 and prints them as KiB, MiB, GiB...
 SIZE_UNITS = {"B": 0, "KB": 1, "MB": 2, "GB": 3, "TB": 4, "PB": 5, "EB": 6}
 
@@ -70,23 +68,6 @@ def size_bytes(size: str) -> int:
     number = size.rstrip("BKMGTPEi")
     unit = size[len(number) :].replace("i", "")
     return int(number) * 1024 ** SIZE_UNITS[unit]
-
-
-def record(request, fault: str, alert: str, fire: float, resolve: float) -> None:
-    """Print the figures and keep them in FIGURES, one entry per fault."""
-    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    figures[fault] = {
-        "alert": alert,
-        "fire_seconds": round(fire, 1),
-        "resolve_seconds": round(resolve, 1),
-    }
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter:
-        reporter.write_line(
-            f"{fault}: {alert} fired after {fire:.1f} s, resolved {resolve:.1f} s after recovery"
-        )
 
 
 @pytest.mark.parametrize("unit", [*SERVER_UNITS, EXPORTER_UNIT])
@@ -453,7 +434,7 @@ def prove_alert(host, v, request, victim, unit: str, *label_sets: dict[str, str]
     fault = f"{unit} stopped on {victim.backend.host}"
     for name, (fire, resolve) in times.items():
         key = fault if len(times) == 1 else f"{fault} ({name})"
-        record(request, key, name, fire, resolve)
+        record_alert_times(request, key, name, fire, resolve)
 
 
 def outside_monitor_group(host, v, inventory_hosts, pattern: str) -> list:
