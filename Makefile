@@ -143,7 +143,7 @@ bench-report: $(VENV)/.bench-installed ## plots and a Markdown report of the ben
 	$(ACTIVATE) python -m stackkit.bench.report
 
 $(VENV)/.bench-installed: $(VENV)/.installed
-	$(VENV)/bin/pip install -q -e '.[load,speed,bench]'
+	$(VENV)/bin/pip install -q -e '.[load,bench]'
 	touch $@
 
 # Destructive: deploys changed releases (deploy.yml, then fab deploy) under Locust's load.

@@ -3,20 +3,18 @@
     python -m stackkit.bench.converge [--strategies linear,free,mitogen_linear]
                                    [--json build/bench/converge.json]
 
-For every strategy available (linear and free always; mitogen_linear when the optional
-`mitogen` package is installed), a fresh single host (every tier on it) gets a cold
-`site.yml`, then a no-op `site.yml` (the default run: it reads the host's state and finds it as
-recorded), then a no-op `site.yml -e stack_converge_all=true` (every role's every task, what a
-run costs without the fast path), then every kind of the drift suite (stackkit/drift.py) made at
-once and the default `site.yml` that repairs it (drift-repair). Once, on another fresh
-host of the same image, the floor script does by hand what the roles install: the same apt
-sources, one apt transaction of the same distribution packages (those the converge marked
-manually installed), the same archives unpacked (Elasticsearch's zip, SecantusDB's and the
-app's wheelhouses into virtualenvs) and Elasticsearch started until it answers. Prints each
-time, the ratios cold/floor and no-op/cold, task results and changed counts, and the slowest
-no-op tasks (profile_tasks); writes it all as
-JSON for `make bench-report`. The hosts are named stackkit-bench-*, apart from `make demo`'s.
-"""
+For each strategy (Ansible's linear and free, and the kit's default mitogen_linear), a fresh
+single host (every tier on it) gets a cold `site.yml`, then a no-op `site.yml` (the default run:
+it reads the host's state and finds it as recorded), then a no-op `site.yml -e
+stack_converge_all=true` (every role's every task, what a run costs without the fast path), then
+every kind of the drift suite (stackkit/drift.py) made at once and the default `site.yml` that
+repairs it (drift-repair). Once, on another fresh host of the same image, the floor script does
+by hand what the roles install: the same apt sources, one apt transaction of the same
+distribution packages (those the converge marked manually installed), the same archives unpacked
+(Elasticsearch's zip, SecantusDB's and the app's wheelhouses into virtualenvs) and Elasticsearch
+started until it answers. Prints each time, the ratios cold/floor and no-op/cold, task results
+and changed counts, and the slowest no-op tasks (profile_tasks); writes it all as JSON for `make
+bench-report`. The hosts are named stackkit-bench-*, apart from `make demo`'s."""
 
 from __future__ import annotations
 
@@ -75,16 +73,12 @@ exit 1
 
 
 def strategies() -> tuple[dict[str, dict[str, str]], str]:
-    """The strategies to time, and why mitogen is not among them when it is not."""
-    found: dict[str, dict[str, str]] = {"linear": {}, "free": {"ANSIBLE_STRATEGY": "free"}}
-    try:
-        import ansible_mitogen  # noqa: PLC0415
-    except ImportError:
-        return found, "mitogen not installed (pip install -e '.[speed]')"
-    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
-    found["mitogen_linear"] = {
-        "ANSIBLE_STRATEGY": "mitogen_linear",
-        "ANSIBLE_STRATEGY_PLUGINS": str(plugins),
+    """The strategies to time: Ansible's own linear and free, and the kit's default,
+    stackkit.kit.mitogen_linear (pyproject.toml pins the mitogen it needs)."""
+    found = {
+        "linear": {"ANSIBLE_STRATEGY": "linear"},
+        "free": {"ANSIBLE_STRATEGY": "free"},
+        "mitogen_linear": {"ANSIBLE_STRATEGY": "stackkit.kit.mitogen_linear"},
     }
     return found, ""
 

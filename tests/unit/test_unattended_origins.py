@@ -51,7 +51,15 @@ def render(role: str, dest: Path) -> None:
         ],
         check=True,
         capture_output=True,
-        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+        # Ansible's own linear strategy: an ad-hoc command on the local connection hands
+        # Mitogen the configured playbook_dir as its working directory, a tagged string its
+        # target refuses to unpickle (ansible-core 2.19, mitogen 0.3.54). Over SSH, and in
+        # playbooks, the kit's default strategy has no such path.
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_STRATEGY": "linear",
+        },
     )
 
 
