@@ -4,6 +4,9 @@
   times it per view (settings.MIDDLEWARE). Under gunicorn every worker is a process of its own:
   with PROMETHEUS_MULTIPROC_DIR set (the gunicorn role's unit sets it), each writes its samples
   to a file there and a scrape adds them up, whichever worker answers it.
+- Products accepted: a counter per way in (one product, a batch), raised once the submissions'
+  rows have committed, so with the outbox's pending figure it gives the products done per
+  second (accepted minus the growth of the pending ones).
 - The outbox: read from the database at scrape time, so every web host reports the same figures
   (the alert rules take their maximum).
 
@@ -34,6 +37,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
+    Counter,
     generate_latest,
     multiprocess,
 )
@@ -43,6 +47,16 @@ from .auth import DIGEST
 from .models import Submission
 
 log = logging.getLogger(__name__)
+
+ACCEPTED = Counter(
+    "catalogue_products_accepted",
+    "Products accepted: recorded in the outbox and answered 202 (via: single or batch).",
+    ["via"],
+)
+
+
+def accepted(count: int, batch: bool) -> None:
+    ACCEPTED.labels(via="batch" if batch else "single").inc(count)
 
 
 class OutboxCollector:

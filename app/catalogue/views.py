@@ -24,7 +24,7 @@ from django.views.decorators.http import (
     require_safe,
 )
 
-from . import autocomplete_cache, clients, health, tasks
+from . import autocomplete_cache, clients, health, metrics, tasks
 from .auth import token_required
 from .documents import get_store
 from .models import Product, Submission
@@ -61,6 +61,7 @@ def _record(submissions: list[dict[str, Any]], batch_id: str | None = None) -> N
     with transaction.atomic():
         Submission.objects.bulk_create(Submission.accepted(s, batch_id) for s in submissions)
         transaction.on_commit(partial(_publish, submissions, batch_id))
+    metrics.accepted(len(submissions), batch=batch_id is not None)
 
 
 def _publish(submissions: list[dict[str, Any]], batch_id: str | None) -> None:

@@ -203,3 +203,41 @@ def test_the_workers_samples_are_added_up_in_multiprocess_mode(tmp_path, monkeyp
     text = metrics.exposition().decode()
     assert "catalogue_test_things_total 7.0" in text
     assert "catalogue_outbox_up 1.0" in text
+
+
+@pytest.mark.django_db
+def test_accepted_products_are_counted_once_recorded_by_way_in(client, enabled):
+    """One product, a batch of three and a refused product: the counter moves by 1, 3 and 0."""
+    name = "catalogue_products_accepted_total"
+    before = samples(scrape(client))
+    one = {"title": "Counted lamp", "image_url": "https://example.org/lamp.png"}
+    answer = client.post("/api/products/", data=json.dumps(one), content_type="application/json")
+    assert answer.status_code == 202, answer.content
+    batch = {"products": [{**one, "title": f"Counted lamp {n}"} for n in range(3)]}
+    answer = client.post(
+        "/api/products/batch", data=json.dumps(batch), content_type="application/json"
+    )
+    assert answer.status_code == 202, answer.content
+    refused = client.post(
+        "/api/products/", data=json.dumps({"title": ""}), content_type="application/json"
+    )
+    assert refused.status_code == 400
+    after = samples(scrape(client))
+    assert value(after, name, via="single") - value(before, name, via="single") == 1
+    assert value(after, name, via="batch") - value(before, name, via="batch") == 3
+
+
+@pytest.mark.django_db
+def test_a_submission_that_cannot_be_recorded_is_not_counted(client, enabled, monkeypatch):
+    name = "catalogue_products_accepted_total"
+    before = samples(scrape(client))
+
+    def refuse(*args, **kwargs):
+        raise DatabaseError("the database refused the insert")
+
+    monkeypatch.setattr(Submission.objects, "bulk_create", refuse)
+    one = {"title": "Uncounted lamp", "image_url": "https://example.org/lamp.png"}
+    answer = client.post("/api/products/", data=json.dumps(one), content_type="application/json")
+    assert answer.status_code == 503, answer.content
+    after = samples(scrape(client))
+    assert value(after, name, via="single") == value(before, name, via="single")

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import paramiko
 import pytest
 import testinfra
 from fabric import Connection
@@ -300,6 +301,47 @@ while True:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
 """
+
+
+def ssh_to(peer) -> Connection:
+    """An SSH connection to `peer` as the inventory reaches it (its address, user, port, key)."""
+    key = render(
+        peer, "ansible_ssh_private_key_file | default(ansible_private_key_file | default(''))"
+    )
+    return Connection(
+        address_of(peer),
+        user=render(peer, "ansible_user | default('')") or None,
+        port=int(render(peer, "ansible_port | default(22)")),
+        connect_kwargs={"key_filename": key} if key else {},
+    )
+
+
+@contextmanager
+def ssh_tunnel(peer, address: str, port: int):
+    """A loopback port on the controller that `peer`'s sshd forwards to address:port, as
+    `ssh -L` does: the operator's way to a monitor host's Prometheus (docs/monitoring.md)."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        local = probe.getsockname()[1]
+    with (
+        ssh_to(peer) as ssh,
+        ssh.forward_local(local, remote_port=port, remote_host=address, local_host="127.0.0.1"),
+    ):
+        yield local
+
+
+def sshd_forwards(peer, address: str, port: int) -> bool:
+    """Whether `peer`'s sshd opens a forwarding channel (direct-tcpip, what `ssh -L` asks for)
+    to address:port; False when it refuses it (AllowTcpForwarding, PermitOpen)."""
+    with ssh_to(peer) as ssh:
+        ssh.open()
+        try:
+            channel = ssh.client.get_transport().open_channel(
+                "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=10
+            )
+        except paramiko.ChannelException:
+            return False
+        channel.close()
+        return True
 
 
 @contextmanager

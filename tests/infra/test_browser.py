@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import test_app
-from conftest import ROOT, wait_for
+from conftest import ROOT, ssh_tunnel, var_of, wait_for
 
 pytestmark = pytest.mark.destructive
 testinfra_hosts = ["ansible://web"]
@@ -139,3 +139,42 @@ def test_a_product_added_through_the_form_appears_in_the_results(page, site, ima
 
     assert wait_for(listed, timeout=60, interval=1)
     assert page.console_errors == []
+
+
+def test_the_monitoring_console_shows_the_catalogues_figures(
+    browser, site, images, inventory_hosts
+):
+    """The one page to look at (docs/monitoring.md): /consoles/catalogue.html on the monitor
+    host's Prometheus, through the SSH tunnel the operator opens, in the browser. A product
+    added through the API shows as a request of the `products` view and as products accepted;
+    the page's screenshot is kept with the others."""
+    monitors = inventory_hosts("monitor")
+    if not monitors:
+        pytest.skip("no monitor host in this inventory")
+    name = test_app.word()
+    site.add(f"{name.capitalize()} lantern", f"{images.base}/img/{name}")
+    monitor = monitors[0]
+    address = var_of(monitor, "monitoring_listen_address", "monitoring")
+    port = var_of(monitor, "monitoring_prometheus_port", "monitoring")
+    with ssh_tunnel(monitor, address, port) as local:
+        context = browser.new_context(viewport={"width": 1024, "height": 800})
+        tab = context.new_page()
+        tab.set_default_timeout(15_000)
+        errors: list[str] = []
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        requests_table = tab.locator("h2:has-text('Requests per view') + table")
+        products_table = tab.locator("h2:has-text('Products') + table")
+
+        def counted() -> bool:
+            tab.goto(f"http://127.0.0.1:{local}/consoles/catalogue.html")
+            accepted = products_table.locator("tr").nth(1).locator("td").first.inner_text()
+            view = requests_table.locator("tr").filter(has_text="products")
+            return view.count() == 1 and accepted not in ("n/a", "0")
+
+        # A scrape interval or two after the API's requests.
+        found = wait_for(counted, timeout=90, interval=5)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=SCREENSHOTS / "monitoring-console.png", full_page=True)
+        context.close()
+    assert found, "the console shows no request of the products view or no product accepted"
+    assert errors == []

@@ -83,10 +83,19 @@ def test_sshd_refuses_root_and_passwords(host, v):
     assert host.service("ssh").is_running
 
 
-def test_sshd_lets_in_the_deploy_user_only_and_forwards_nothing(host, v):
+def test_sshd_lets_in_the_deploy_user_only_and_forwards_nothing_unnamed(host, v):
+    """No forwarding at all, but the tunnels common_sshd_permit_open names (a monitor host's
+    Prometheus and Alertmanager, with the kit's wiring): local forwarding to those only."""
     effective = host.check_output("sshd -T").splitlines()
-    for setting in ("allowtcpforwarding", "allowagentforwarding", "x11forwarding", "permittunnel"):
+    for setting in ("allowagentforwarding", "x11forwarding", "permittunnel"):
         assert f"{setting} no" in effective, setting
+    tunnels = v("common_sshd_permit_open")
+    if tunnels:
+        assert "allowtcpforwarding local" in effective
+        opened = [line.split()[1:] for line in effective if line.startswith("permitopen ")]
+        assert opened == [tunnels], opened
+    else:
+        assert "allowtcpforwarding no" in effective
     allowed = {line.split()[1] for line in effective if line.startswith("allowusers ")}
     assert allowed == {v("common_deploy_user"), *v("common_sshd_allow_users")}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import requests
 import yaml
 from conftest import (
     ROOT,
@@ -23,6 +24,8 @@ from conftest import (
     main_pid,
     record_alert_times,
     render,
+    ssh_tunnel,
+    sshd_forwards,
     tcp_reachable_from,
     var_of,
     wait_for,
@@ -423,6 +426,43 @@ def test_tier_exporters_answer_the_monitor_hosts_only(
             assert not tcp_reachable_from(sources[0], address_of(target), port), (
                 f"{sources[0].backend.host} reaches {target.backend.host}'s {job} exporter"
             )
+
+
+CONSOLE = "/consoles/catalogue.html"
+CONSOLE_SECTIONS = (
+    "Catalogue targets",
+    "Requests per view",
+    "Products",
+    "Broker queues",
+    "Workers",
+    "Alerts firing",
+)
+
+
+def test_sshd_forwards_to_prometheus_and_alertmanager_and_nothing_else(host, v):
+    """The tunnel docs/monitoring.md gives the operator: the monitor host's sshd opens a
+    forwarding channel to its Prometheus and Alertmanager, and refuses one to its node
+    exporter (AllowTcpForwarding local, PermitOpen those two)."""
+    address = v("monitoring_listen_address")
+    assert sshd_forwards(host, address, v("monitoring_prometheus_port"))
+    assert sshd_forwards(host, address, v("monitoring_alertmanager_port"))
+    assert not sshd_forwards(host, address, v("monitoring_node_exporter_port"))
+
+
+def test_the_catalogue_console_shows_each_web_host_through_the_tunnel(host, v):
+    """/consoles/catalogue.html, through the SSH tunnel: every section, and each web host's
+    /metrics target by name (a query of the page that found nothing would show none)."""
+    with ssh_tunnel(host, v("monitoring_listen_address"), v("monitoring_prometheus_port")) as port:
+        page = requests.get(f"http://127.0.0.1:{port}{CONSOLE}", timeout=30)
+    assert page.status_code == 200, page.text[-2000:]
+    for section in CONSOLE_SECTIONS:
+        assert f"<h2>{section}</h2>" in page.text, section
+    group = v("monitoring_catalogue_group")
+    webs = render(host, f"groups['{group}'] | default([])") if group else []
+    for web in webs:
+        assert f"<td>{web}</td><td>up</td>" in page.text, web
+    if not webs:
+        assert "No web host is scraped" in page.text
 
 
 def prove_alert(host, v, request, victim, unit: str, *label_sets: dict[str, str]) -> None:

@@ -53,3 +53,18 @@ def test_the_bootstrap_account_cannot_be_the_deploy_user_or_root(tmp_path, user)
     result = run_preflight(tmp_path, "common", {**COMMON, "common_bootstrap_user": user})
     assert result.returncode != 0, output(result)
     assert "common_bootstrap_user" in output(result)
+
+
+@pytest.mark.parametrize("tunnels", [[], ["10.0.0.5:9090", "10.0.0.5:9093"], ["[fd00::5]:9090"]])
+def test_named_tunnels_pass(tmp_path, tunnels):
+    result = run_preflight(tmp_path, "common", {**COMMON, "common_sshd_permit_open": tunnels})
+    assert result.returncode == 0, output(result)
+
+
+@pytest.mark.parametrize(
+    "tunnels", [["10.0.0.5"], ["10.0.0.5:0"], ["10.0.0.5:70000"], ["any"], ["10.0.0.5:9090 *:*"]]
+)
+def test_a_tunnel_without_a_host_and_port_is_refused(tmp_path, tunnels):
+    result = run_preflight(tmp_path, "common", {**COMMON, "common_sshd_permit_open": tunnels})
+    assert result.returncode != 0, output(result)
+    assert "common_sshd_permit_open" in output(result)
