@@ -3,19 +3,25 @@ every web host (HTTPS, its host's client certificate, the bearer token from the 
 answers no one without the token and is never proxied by nginx; the request figures per view and
 the outbox's figures reach Prometheus, the app's alert rules are loaded, and (on disposable
 hosts) an accepted product left overdue in the outbox fires CatalogueOutboxOverdue, which
-resolves once the workers store it."""
+resolves once the workers store it; where the rules' window is short enough (the multi
+scenario's), PostgreSQL stopped under posts fires Catalogue5xxRatio and Elasticsearch frozen
+under searches fires CatalogueLatencyP99, each resolving after the recovery."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
+import requests
 from conftest import (
     SUPERUSER_PSQL,
     address_of,
+    main_pid,
     record_alert_times,
     render,
     tcp_reachable_from,
@@ -24,7 +30,7 @@ from conftest import (
 )
 
 from stackkit import site_client
-from stackkit.alerts import ALERT_WITHIN, Alertmanager, get_json, prove_fault
+from stackkit.alerts import ALERT_WITHIN, Alertmanager, get_json, prove_fault, seconds
 
 testinfra_hosts = ["ansible://monitor"]
 ROLE = "monitoring"
@@ -276,4 +282,140 @@ def test_an_overdue_submission_fires_catalogue_outbox_overdue_and_resolves(
     fire, resolve = times["CatalogueOutboxOverdue"]
     record_alert_times(
         request, "submission overdue, workers stopped", "CatalogueOutboxOverdue", fire, resolve
+    )
+
+
+class Requests(threading.Thread):
+    """A request every `interval` s until stopped, each on a thread of its own (so that slow
+    answers do not thin the rate out), each answer's status kept in the order sent (0: none)."""
+
+    def __init__(self, send, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.send = send
+        self.interval = interval
+        self.answers: list[Future] = []
+        self.stop = threading.Event()
+
+    def _status(self, number: int) -> int:
+        try:
+            return self.send(number).status_code
+        except requests.RequestException:
+            return 0
+
+    def run(self) -> None:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            number = 0
+            while not self.stop.is_set():
+                number += 1
+                self.answers.append(pool.submit(self._status, number))
+                self.stop.wait(self.interval)
+
+    def statuses(self) -> list[int]:
+        return [answer.result() for answer in self.answers]
+
+
+def short_window(v) -> tuple[int, float]:
+    """The catalogue rules' window in seconds, and the interval between requests that puts
+    twice their minimum in it; skips the proof where the window is too long for an alert to
+    fire within ALERT_WITHIN s (it must hold for a window, after a window of the fault)."""
+    window = seconds(v("monitoring_catalogue_window"))
+    if 2 * window + 30 > ALERT_WITHIN:
+        pytest.skip(f"monitoring_catalogue_window is {window} s: too long to prove within 90 s")
+    return window, window / (2 * int(v("monitoring_catalogue_min_requests")))
+
+
+def first_web(host, v, inventory_hosts):
+    web = inventory_hosts(web_names(host, v)[0])[0]
+    base = f"https://{address_of(web)}:{var_of(web, 'nginx_tls_port', 'nginx')}"
+    return web, base
+
+
+@pytest.mark.destructive
+def test_a_stopped_database_fires_catalogue_5xx_ratio_and_resolves(
+    host, v, inventory_hosts, request
+):
+    """Products keep being posted while PostgreSQL is stopped: the products view answers 503
+    (nothing can be recorded), Catalogue5xxRatio for that view must reach Alertmanager within
+    ALERT_WITHIN s, and resolve within ALERT_WITHIN s of PostgreSQL's start as the posts are
+    accepted again."""
+    _, interval = short_window(v)
+    db = inventory_hosts("db")
+    if not db:
+        pytest.skip("needs a db host")
+    _, base = first_web(host, v, inventory_hosts)
+    session = site_client.session(render(host, "app_api_tokens[0].token"))
+    manager = Alertmanager(
+        host, address_of(host), v("monitoring_alertmanager_port"), v("monitoring_prometheus_port")
+    )
+    marker = time.time_ns()
+
+    def post(number: int):
+        product = {"title": f"Refused lamp {marker} {number}", "image_url": "https://example.org/l"}
+        return session.post(f"{base}/api/products/", json=product, timeout=15)
+
+    writes = Requests(post, interval)
+    writes.start()
+    try:
+        times = prove_fault(
+            manager,
+            "PostgreSQL stopped while products are posted",
+            lambda: db[0].check_output("systemctl stop postgresql.service"),
+            lambda: db[0].check_output("systemctl start postgresql.service"),
+            [{"alertname": "Catalogue5xxRatio", "view": "products"}],
+            ALERT_WITHIN,
+        )
+    finally:
+        writes.stop.set()
+        writes.join(timeout=30)
+    statuses = writes.statuses()
+    assert 503 in statuses, statuses
+    assert statuses[-1] == 202, statuses[-20:]
+    fire, resolve = times["Catalogue5xxRatio"]
+    record_alert_times(
+        request, "PostgreSQL stopped, products posted", "Catalogue5xxRatio", fire, resolve
+    )
+
+
+@pytest.mark.destructive
+def test_a_frozen_search_engine_fires_catalogue_latency_p99_and_resolves(
+    host, v, inventory_hosts, request
+):
+    """Searches keep coming while Elasticsearch is frozen (SIGSTOP: it accepts connections and
+    answers nothing): each search waits for the app's timeout, CatalogueLatencyP99 for the
+    search view must reach Alertmanager within ALERT_WITHIN s, and resolve within ALERT_WITHIN s
+    of SIGCONT."""
+    _, interval = short_window(v)
+    search = inventory_hosts("search")
+    if not search:
+        pytest.skip("needs a search host")
+    _, base = first_web(host, v, inventory_hosts)
+    session = site_client.session()
+    manager = Alertmanager(
+        host, address_of(host), v("monitoring_alertmanager_port"), v("monitoring_prometheus_port")
+    )
+    pid = main_pid(search[0], "elasticsearch")
+
+    def find(number: int):
+        return session.get(f"{base}/api/search", params={"q": f"lamp{number}"}, timeout=30)
+
+    reads = Requests(find, interval)
+    reads.start()
+    try:
+        times = prove_fault(
+            manager,
+            "Elasticsearch frozen while searches come",
+            lambda: search[0].check_output(f"kill -STOP {pid}"),
+            lambda: search[0].check_output(f"kill -CONT {pid}"),
+            [{"alertname": "CatalogueLatencyP99", "view": "search"}],
+            ALERT_WITHIN,
+        )
+    finally:
+        search[0].run(f"kill -CONT {pid}")
+        reads.stop.set()
+        reads.join(timeout=60)
+    statuses = reads.statuses()
+    assert statuses and statuses[-1] == 200, statuses[-20:]
+    fire, resolve = times["CatalogueLatencyP99"]
+    record_alert_times(
+        request, "Elasticsearch frozen, searches", "CatalogueLatencyP99", fire, resolve
     )
