@@ -8,9 +8,12 @@ ACTIVATE  := source $(VENV)/bin/activate &&
 TOPOLOGY  ?= single
 INVENTORY ?= inventories/local
 ALL_SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# The stack first: it takes as long as all the others together, so with MOLECULE_JOBS=2 it runs
-# beside them rather than after them. MOLECULE_JOBS=1 runs them one after another.
-SCENARIOS ?= $(filter stack,$(ALL_SCENARIOS)) $(filter-out stack,$(ALL_SCENARIOS))
+# The longest first (the stack, then the multi-host ones), so that with MOLECULE_JOBS=2 the
+# short ones fill in at the end rather than a long one starting last. MOLECULE_JOBS=1 runs them
+# one after another.
+LONGEST_SCENARIOS := stack multi rabbitmq-cluster
+SCENARIOS ?= $(foreach s,$(LONGEST_SCENARIOS),$(filter $(s),$(ALL_SCENARIOS))) \
+  $(filter-out $(LONGEST_SCENARIOS),$(ALL_SCENARIOS))
 MOLECULE_JOBS ?= 2
 # `make molecule` repeats a failed scenario's failure lines at its very end, after every other
 # scenario's output, where the tail of a CI log shows them.

@@ -360,7 +360,7 @@ def test_a_stopped_database_fires_catalogue_5xx_ratio_and_resolves(
             manager,
             "PostgreSQL stopped while products are posted",
             lambda: db[0].check_output("systemctl stop postgresql.service"),
-            lambda: db[0].check_output("systemctl start postgresql.service"),
+            lambda: db[0].check_output("systemctl restart postgresql.service"),
             [{"alertname": "Catalogue5xxRatio", "view": "products"}],
             ALERT_WITHIN,
         )
