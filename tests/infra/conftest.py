@@ -326,6 +326,8 @@ def ssh_tunnel(peer, address: str, port: int):
         ssh_to(peer) as ssh,
         ssh.forward_local(local, remote_port=port, remote_host=address, local_host="127.0.0.1"),
     ):
+        # Fabric's tunnel thread listens on the port a moment after the call returns.
+        assert wait_for(lambda: tcp_reachable_from_controller("127.0.0.1", local), timeout=15)
         yield local
 
 

@@ -64,8 +64,8 @@ DATA_TIERS = ("db", "cache", "docs", "search")
 def test_a_worker_denied_the_data_tier_cannot_reach_it(host, workers, inventory_hosts):
     """What a worker's IPAddressDeny= does, not only what it says: a process of the same user
     under the unit's own setting connects to none of the ports the data hosts listen on (read
-    from `ss` there), all of which the same user reaches without it. (No listener is started:
-    the probe connects to the services that serve.)"""
+    from `ss` there) that the same user reaches without it. (No listener is started: the probe
+    connects to the services that serve.)"""
     denied = [w for w in workers if w.get("ip_address_deny")]
     if not denied:
         pytest.skip("no worker of this host is denied any address (one-host topology)")
@@ -90,7 +90,16 @@ def test_a_worker_denied_the_data_tier_cannot_reach_it(host, workers, inventory_
     probe = f"python3 -c {shlex.quote(CONNECT_PROBE)} {' '.join(targets)}"
     run = f"systemd-run --quiet --wait --pipe -p User={shlex.quote(user)}"
     allowed = dict(zip(targets, host.check_output(f"{run} {probe}").split(), strict=True))
-    assert set(allowed.values()) == {"0"}, f"the app account cannot reach the data tier: {allowed}"
+    # Where a data host is also a monitor host, or runs exporters, some of its ports are open to
+    # the monitor hosts only and time out here whatever the unit says: the filter is judged on
+    # the ports the account reaches without it, which must include one of every denied host.
+    reachable = sorted(target for target, errno in allowed.items() if errno == "0")
+    hosts = {target.rsplit(":", 1)[0] for target in targets}
+    assert {target.rsplit(":", 1)[0] for target in reachable} == hosts, (
+        f"the app account cannot reach the data tier: {allowed}"
+    )
+    targets = reachable
+    probe = f"python3 -c {shlex.quote(CONNECT_PROBE)} {' '.join(targets)}"
     # The unit's own address filter, an allow list included (systemd lets an allowed address
     # through whatever the deny list says).
     allow = host.check_output(f"systemctl show {unit(denied[0])} -p IPAddressAllow --value")
