@@ -352,15 +352,7 @@ def relay_from(peer, address: str, port: int):
     a client library on the controller is seen as that peer (its address, its firewall rules)
     while the peer needs nothing the kit does not install. Each connection is a python3 relay
     over SSH (an exec, not port forwarding, which a hardened sshd may refuse)."""
-    key = render(
-        peer, "ansible_ssh_private_key_file | default(ansible_private_key_file | default(''))"
-    )
-    ssh = Connection(
-        address_of(peer),
-        user=render(peer, "ansible_user | default('')") or None,
-        port=int(render(peer, "ansible_port | default(22)")),
-        connect_kwargs={"key_filename": key} if key else {},
-    )
+    ssh = ssh_to(peer)
     ssh.open()
     listener = socket.create_server(("127.0.0.1", 0))
     command = f"python3 -c {shlex.quote(RELAY)} {shlex.quote(address)} {port}"

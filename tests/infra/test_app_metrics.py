@@ -208,6 +208,13 @@ def test_the_catalogue_alert_rules_are_loaded(host, v):
     assert all(state != "err" for state in health.values()), health
 
 
+def alertmanager(host, v) -> Alertmanager:
+    """The monitor host's Alertmanager, and its Prometheus for queries."""
+    return Alertmanager(
+        host, address_of(host), v("monitoring_alertmanager_port"), v("monitoring_prometheus_port")
+    )
+
+
 def worker_units(worker) -> list[str]:
     out = worker.check_output(
         "systemctl list-units --all --plain --no-legend --type=service 'catalogue-worker-*'"
@@ -234,9 +241,7 @@ def test_an_overdue_submission_fires_catalogue_outbox_overdue_and_resolves(
     app = inventory_hosts("app")[0]
     database = var_of(app, "app_postgres_db", "app")
     overdue = int(v("monitoring_catalogue_outbox_overdue_seconds")) + 60
-    manager = Alertmanager(
-        host, address_of(host), v("monitoring_alertmanager_port"), v("monitoring_prometheus_port")
-    )
+    manager = alertmanager(host, v)
     session = site_client.session(render(host, "app_api_tokens[0].token"))
     web_host = inventory_hosts(web)[0]
     base = f"https://{address_of(web_host)}:{var_of(web_host, 'nginx_tls_port', 'nginx')}"
@@ -324,12 +329,6 @@ def short_window(v) -> tuple[int, float]:
     return window, window / (2 * int(v("monitoring_catalogue_min_requests")))
 
 
-def first_web(host, v, inventory_hosts):
-    web = inventory_hosts(web_names(host, v)[0])[0]
-    base = f"https://{address_of(web)}:{var_of(web, 'nginx_tls_port', 'nginx')}"
-    return web, base
-
-
 @pytest.mark.destructive
 def test_a_stopped_database_fires_catalogue_5xx_ratio_and_resolves(
     host, v, inventory_hosts, request
@@ -342,11 +341,9 @@ def test_a_stopped_database_fires_catalogue_5xx_ratio_and_resolves(
     db = inventory_hosts("db")
     if not db:
         pytest.skip("needs a db host")
-    _, base = first_web(host, v, inventory_hosts)
+    base = site_base(inventory_hosts(web_names(host, v)[0])[0])
     session = site_client.session(render(host, "app_api_tokens[0].token"))
-    manager = Alertmanager(
-        host, address_of(host), v("monitoring_alertmanager_port"), v("monitoring_prometheus_port")
-    )
+    manager = alertmanager(host, v)
     marker = time.time_ns()
 
     def post(number: int):
@@ -388,11 +385,9 @@ def test_a_frozen_search_engine_fires_catalogue_latency_p99_and_resolves(
     search = inventory_hosts("search")
     if not search:
         pytest.skip("needs a search host")
-    _, base = first_web(host, v, inventory_hosts)
+    base = site_base(inventory_hosts(web_names(host, v)[0])[0])
     session = site_client.session()
-    manager = Alertmanager(
-        host, address_of(host), v("monitoring_alertmanager_port"), v("monitoring_prometheus_port")
-    )
+    manager = alertmanager(host, v)
     pid = main_pid(search[0], "elasticsearch")
 
     def find(number: int):
