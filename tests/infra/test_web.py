@@ -332,6 +332,7 @@ def test_head_then_get_on_one_connection_through_nginx(host, host_header, nginx_
     gunicorn 23, loopback), so five rounds."""
     address, port = address_of(host), nginx_var("nginx_tls_port")
     paths = (("/no-such-page", 404), ("/", 200), ("/api/search?q=head", 200))
+    searched = []
     with (
         socket.create_connection((address, port), timeout=10) as raw,
         tls_context.wrap_socket(raw, server_hostname=address) as sock,
@@ -342,11 +343,18 @@ def test_head_then_get_on_one_connection_through_nginx(host, host_header, nginx_
                 head, (status, headers, body) = head_then_get(
                     sock, stream, path, host_header, pipelined
                 )
-                assert (head[0], status) == (expected, expected), path
+                # What this proves is the connections' state, which any whole answer shows. A
+                # search may also answer 503 (Elasticsearch past the app's timeout, as on a
+                # host busy with other work), but not every time.
+                allowed = {expected, 503} if path.startswith("/api/search") else {expected}
+                assert {head[0], status} <= allowed, (path, head[0], status, body[:200])
+                if path.startswith("/api/search"):
+                    searched += [head[0], status]
                 assert body, path
                 assert head[1]["content-type"] == headers["content-type"], path
                 if path == "/no-such-page":  # the same page both times, so the same length
                     assert head[1]["content-length"] == str(len(body))
+    assert 200 in searched, f"no search answered 200: {searched}"
 
 
 # --- the public edge ----------------------------------------------------------------------------
