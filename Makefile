@@ -267,9 +267,21 @@ app/.venv/.installed: app/requirements.txt app/requirements-dev.txt
 	app/.venv/bin/pip install -q --require-hashes -r app/requirements.txt -r app/requirements-dev.txt
 	touch $@
 
+# The built collection, installed where the stack scenario converges from it
+# (molecule/stack/converge.yml): CI runs the artifact as shipped against the single topology.
+STACK_COLLECTION := build/stack-collection
+.PHONY: stack-collection
+stack-collection: $(VENV)/.installed
+	@rm -rf $(STACK_COLLECTION) build/stack-collection-artifact
+	@$(ACTIVATE) ansible-galaxy collection build --output-path build/stack-collection-artifact . >/dev/null \
+	  && ANSIBLE_COLLECTIONS_PATH=$(STACK_COLLECTION) ansible-galaxy collection install --no-deps \
+	    -p $(STACK_COLLECTION) build/stack-collection-artifact/*.tar.gz >/dev/null
+	@test -f $(STACK_COLLECTION)/ansible_collections/$(COLLECTION)/playbooks/site.yml
+	@echo "== the collection, built and installed into $(STACK_COLLECTION)"
+
 .PHONY: molecule
 # Every scenario runs even after one fails (--keep-going): one run names all that fail.
-molecule: test-tools images artifacts $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ..."), MOLECULE_JOBS at a time
+molecule: test-tools images artifacts stack-collection $(VENV)/.load-installed ## every molecule scenario (or SCENARIOS="common ..."), MOLECULE_JOBS at a time
 	@mkdir -p build/molecule
 	@echo "== molecule: $(strip $(SCENARIOS)), $(MOLECULE_JOBS) at a time; each one's log in build/molecule/"
 	@rm -f build/molecule/*.failed; start=$$($(MONOTONIC)); \
