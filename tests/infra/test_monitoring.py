@@ -468,8 +468,9 @@ def test_sshd_forwards_to_prometheus_and_alertmanager_and_nothing_else(host, v):
 
 
 def test_the_catalogue_console_shows_each_web_host_through_the_tunnel(host, v):
-    """/consoles/catalogue.html, through the SSH tunnel: every section, and each web host's
-    /metrics target by name (a query of the page that found nothing would show none)."""
+    """/consoles/catalogue.html, through the SSH tunnel: every section, each web host's
+    /metrics target by name (a query of the page that found nothing would show none), and no
+    NaN."""
     tunnel_opened(host, v)
     with ssh_tunnel(host, v("monitoring_listen_address"), v("monitoring_prometheus_port")) as port:
         page = requests.get(f"http://127.0.0.1:{port}{CONSOLE}", timeout=30)
@@ -482,6 +483,9 @@ def test_the_catalogue_console_shows_each_web_host_through_the_tunnel(host, v):
         assert f"<td>{web}</td><td>up</td>" in page.text, web
     if not webs:
         assert "No web host is scraped" in page.text
+    # A figure Prometheus could not compute (a quantile of a view without requests in the
+    # window) shows as a dash, never as NaN.
+    assert "NaN" not in page.text, page.text[-2000:]
 
 
 def prove_alert(host, v, request, victim, unit: str, *label_sets: dict[str, str]) -> None:
