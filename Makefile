@@ -308,26 +308,6 @@ molecule-scenario-%:
 artifacts: ## fetch the test artifacts no archive carries into .cache/artifacts (once)
 	tests/hosts/fetch-artifacts.sh
 
-# Lint and the unit tests run beside the scenarios, at the lowest CPU priority (nice 19): they
-# take the cycles the scenarios leave while they wait on services, and the scenarios run as fast
-# as alone. What both need is installed first, one at a time. Their output is
-# build/checks.log, its summary printed after the scenarios' (and its failures, if any).
-.PHONY: test
-test: test-tools images artifacts app/.venv/.installed $(SECANTUSDB) \
-  $(VENV)/.bench-installed $(VENV)/.load-installed ## everything CI runs
-	@mkdir -p build; rm -f build/checks.rc; start=$$($(MONOTONIC)); \
-	echo "== lint and unit tests beside the scenarios, at nice 19; their output in build/checks.log"; \
-	( nice -n 19 $(MAKE) --no-print-directory lint unit > build/checks.log 2>&1; \
-	  echo $$? > build/checks.rc ) & \
-	$(MAKE) --no-print-directory molecule; molecule=$$?; wait; checks=$$(cat build/checks.rc); \
-	if [ "$$checks" = 0 ]; then \
-	  echo "== lint and unit tests passed:"; grep -aE ' passed|Passed' build/checks.log; \
-	else \
-	  echo "== lint or unit tests FAILED; the end of build/checks.log:"; tail -n 40 build/checks.log; \
-	fi; \
-	echo "== make test took $$(( $$($(MONOTONIC)) - start )) s"; \
-	[ "$$checks" = 0 ] && [ "$$molecule" = 0 ]
-
 .PHONY: clean
 clean: ## remove local hosts and caches (not the images)
 	-$(HOSTS) down --topology single
@@ -345,3 +325,23 @@ $(SECANTUSDB): roles/mongodb/defaults/main.yml
 	touch $@
 
 unit: $(SECANTUSDB)
+
+# Lint and the unit tests run beside the scenarios, at the lowest CPU priority (nice 19): they
+# take the cycles the scenarios leave while they wait on services, and the scenarios run as fast
+# as alone. What both need is installed first, one at a time. Their output is
+# build/checks.log, its summary printed after the scenarios' (and its failures, if any).
+.PHONY: test
+test: test-tools images artifacts app/.venv/.installed $(SECANTUSDB) $(VENV)/.bench-installed
+test: $(VENV)/.load-installed ## everything CI runs: the molecule scenarios, lint and unit tests beside them
+	@mkdir -p build; rm -f build/checks.rc; start=$$($(MONOTONIC)); \
+	echo "== lint and unit tests beside the scenarios, at nice 19; their output in build/checks.log"; \
+	( nice -n 19 $(MAKE) --no-print-directory lint unit > build/checks.log 2>&1; \
+	  echo $$? > build/checks.rc ) & \
+	$(MAKE) --no-print-directory molecule; molecule=$$?; wait; checks=$$(cat build/checks.rc); \
+	if [ "$$checks" = 0 ]; then \
+	  echo "== lint and unit tests passed:"; grep -aE ' passed|Passed' build/checks.log; \
+	else \
+	  echo "== lint or unit tests FAILED; the end of build/checks.log:"; tail -n 40 build/checks.log; \
+	fi; \
+	echo "== make test took $$(( $$($(MONOTONIC)) - start )) s"; \
+	[ "$$checks" = 0 ] && [ "$$molecule" = 0 ]
