@@ -4,6 +4,8 @@ import os
 
 from celery import Celery
 
+from catalogue import worker_metrics
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catalogue_site.settings.production")
 
 # DjangoTask adds delay_on_commit()/apply_async_on_commit() to every task.
@@ -11,3 +13,5 @@ app = Celery("catalogue_site", task_cls="celery.contrib.django.task:DjangoTask")
 # Every CELERY_-prefixed Django setting configures Celery (CELERY_BROKER_URL -> broker_url).
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The worker's own figures (tasks by state, their runtime), where its unit asks for them.
+worker_metrics.connect()

@@ -236,6 +236,41 @@ def test_tier_exporters_log_in_to_their_service(host, v, job, metric):
     assert wait_for(logged_in, timeout=60, interval=2), seen
 
 
+def test_every_worker_publishes_its_figures_through_its_node_exporter(host, v, inventory_hosts):
+    """Each Celery worker writes its own figures (the celery role's celery_metrics_dir) where
+    its host's node exporter serves them: Prometheus reads the file of every worker of every
+    worker host, written within the last minute, and the tasks the workers ran are counted by
+    state and timed (beat sends the re-drive to the default queue every 30 s)."""
+    workers = inventory_hosts("worker")
+    if not workers:
+        pytest.skip("no worker host")
+    wanted: set[tuple[str, str]] = set()
+    for worker in workers:
+        directory = var_of(worker, "celery_metrics_dir", "celery")
+        if not directory:
+            pytest.skip(f"celery_metrics_dir is empty on {worker.backend.host}: nothing recorded")
+        for unit in var_of(worker, "celery_workers", "celery"):
+            wanted.add((worker.backend.host, f"catalogue-worker-{unit['name']}.prom"))
+    ages: dict[tuple[str, str], float] = {}
+
+    def fresh() -> bool:
+        ages.clear()
+        expression = urlencode({"query": "time() - node_textfile_mtime_seconds"})
+        for item in prometheus(host, v, f"/api/v1/query?{expression}")["result"]:
+            key = (item["metric"].get("instance", ""), Path(item["metric"]["file"]).name)
+            ages[key] = float(item["value"][1])
+        return all(ages.get(key, 1e9) < 60 for key in wanted)
+
+    assert wait_for(fresh, timeout=90, interval=3), f"wanted {sorted(wanted)}, ages {ages}"
+    done = 'sum(catalogue_celery_tasks_total{state="SUCCESS"})'
+    timed = "sum(catalogue_celery_task_runtime_seconds_count)"
+    assert wait_for(lambda: sum(query(host, v, done).values()) > 0, timeout=90, interval=3)
+    assert sum(query(host, v, timed).values()) > 0
+    names = "|".join(sorted({name for name, _ in wanted}))
+    errors = query(host, v, f'node_textfile_scrape_error{{instance=~"{names}"}}')
+    assert errors and not any(errors.values()), errors
+
+
 def test_the_blackbox_exporter_probes_from_the_private_address(host, v):
     """On the monitor host, sandboxed and on the private address only; it probes: a TCP probe
     of Prometheus succeeds and one of a closed port fails."""
@@ -444,6 +479,7 @@ CONSOLE_SECTIONS = (
     "Products",
     "Broker queues",
     "Workers",
+    "Celery tasks",
     "Alerts firing",
 )
 
