@@ -59,6 +59,9 @@ def test_the_defaults_and_inventory_values_pass(tmp_path, role):
         ),
         ("celery", {"celery_workers": [{"name": "a"}]}, "celery_workers", "queues"),
         ("celery", {"celery_beat_state_dir": "/srv/beat"}, "celery_beat_state_dir", "/var/lib"),
+        ("celery", {"celery_metrics_dir": "/srv/metrics"}, "celery_metrics_dir", "/var/lib"),
+        ("celery", {"celery_metrics_dir": "/var/lib/a/b"}, "celery_metrics_dir", "directly"),
+        ("celery", {"celery_metrics_interval": 0}, "celery_metrics_interval", "at least 1"),
         ("nginx", {"nginx_upstream_servers": []}, "nginx_upstream_servers", "at least one"),
         (
             "nginx",

@@ -30,6 +30,16 @@ def test_good_input_passes(tmp_path):
         ("monitoring_retention_time", "two weeks", "monitoring_retention_time"),
         ("monitoring_down_for", "60", "monitoring_down_for"),
         ("monitoring_node_exporter_port", 70000, "monitoring_node_exporter_port"),
+        (
+            "monitoring_node_exporter_textfile_directory",
+            "var/lib/x",
+            "monitoring_node_exporter_textfile_directory",
+        ),
+        (
+            "monitoring_node_exporter_textfile_directory",
+            "/var/lib/a b",
+            "monitoring_node_exporter_textfile_directory",
+        ),
         ("monitoring_alertmanager_receiver", "pager", "monitoring_alertmanager_receiver"),
         ("monitoring_server_group", "monitor", "monitoring_server_group"),
         ("monitoring_postgres_exporter_port", 0, "monitoring_postgres_exporter_port"),
