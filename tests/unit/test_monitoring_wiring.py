@@ -290,3 +290,21 @@ def test_the_catalogue_rules_name_the_thresholds(tmp_path):
         ]
         == []
     )
+
+
+def test_the_workers_figures_go_to_their_hosts_node_exporter_where_there_is_a_monitor(tmp_path):
+    """With a monitor group, each worker host's Celery workers write their figures to
+    celery_metrics_dir, the directory that host's node exporter serves (textfile collector);
+    a host without workers keeps the package's directory; without a monitor group the workers
+    record nothing."""
+    hosts = {"all": {"children": {**HOSTS["all"]["children"]}}}
+    hosts["all"]["children"]["worker"] = {"hosts": {"worker1": {"ansible_host": "10.0.3.1"}}}
+    variables = plays(tmp_path, {"all": {**SECRETS}}, hosts)
+    directory = variables.value("worker1", "celery_metrics_dir", "celery")
+    assert directory == "/var/lib/catalogue-worker-metrics"
+    node = "etc/default/prometheus-node-exporter.j2"
+    assert f"--collector.textfile.directory={directory}" in render(variables, "worker1", node)
+    assert "--collector.textfile.directory" not in render(variables, "cache1", node)
+    unmonitored = {"all": {"children": {"worker": hosts["all"]["children"]["worker"]}}}
+    variables = plays(tmp_path, {"all": {**SECRETS}}, unmonitored)
+    assert variables.value("worker1", "celery_metrics_dir", "celery") == ""
