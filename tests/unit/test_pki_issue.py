@@ -135,3 +135,19 @@ def test_a_margin_that_makes_no_sense_is_refused_before_any_change(tmp_path, ca,
     assert "Assert the validity periods make sense" in output(result)
     assert next(iter(variables)) in output(result)
     assert not (tmp_path / "pki").exists()
+
+
+def test_the_certificate_names_the_private_address_where_it_differs(tmp_path, ca):
+    """The tiers connect to private_address and check it against the certificate: a host that
+    Ansible reaches at another address carries both; one whose addresses agree carries it once."""
+    for name in ("one", "same"):
+        (tmp_path / name).mkdir()
+    converge(tmp_path / "one", ca, private_address="10.20.30.40")
+    certificate, _, _ = issued(tmp_path / "one")
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    addresses = sorted(str(address) for address in names.get_values_for_type(x509.IPAddress))
+    assert addresses == ["10.20.30.40", "127.0.0.1"]
+    converge(tmp_path / "same", ca)
+    certificate, _, _ = issued(tmp_path / "same")
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
