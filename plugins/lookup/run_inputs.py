@@ -22,10 +22,19 @@ description:
     defaults, for example) counts by the error it raises, which is as stable as a value.
 options:
   _terms:
-    description: Directories whose files count.
+    description: Directories whose files count (after I(kit)'s).
     type: list
     elements: path
     required: true
+  kit:
+    description:
+      - Directories of the kit itself whose files count, named relative to the root of the
+        collection this plugin belongs to (C(roles), C(playbooks)...), found from the plugin's
+        own location (links resolved), so they are the kit's files whichever playbook
+        imports the kit's plays and from wherever it runs.
+    type: list
+    elements: str
+    default: []
   names:
     description: Regular expression of the names of the variables that count.
     type: str
@@ -55,6 +64,9 @@ _raw:
 """
 
 SKIPPED_DIRS = {".venv", "__pycache__", ".pytest_cache", ".git", "node_modules"}
+# The root of the collection (or of the checkout) this plugin is part of: plugins/lookup/ below
+# it. A checkout links plugins/ into playbooks/collections/, hence the links resolved.
+KIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 def tree_digest(root: str) -> str:
@@ -97,7 +109,11 @@ class LookupModule(LookupBase):
                 values[name] = repr(value)
         document = {
             # By position, not path: the same kit in another directory is the same input.
-            "trees": [tree_digest(str(root)) for root in terms],
+            "trees": [
+                tree_digest(str(root))
+                for root in [os.path.join(KIT_ROOT, name) for name in self.get_option("kit")]
+                + list(terms)
+            ],
             "variables": values,
             "extra": self.get_option("extra"),
         }

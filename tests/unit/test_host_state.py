@@ -161,6 +161,30 @@ def test_the_inputs_digest_follows_variables_files_and_not_the_rest(tmp_path: Pa
     assert first != inputs_digest(tmp_path, base, "f")
 
 
+def test_the_kits_files_count_wherever_the_importing_playbook_sits(tmp_path: Path):
+    """kit= names the kit's own directories, found from the lookup's location (here the
+    checkout, through playbooks/collections' links): a play in a directory of its own, as a
+    playbook that imports site.yml from elsewhere is, digests the kit's files, the same as the
+    checkout's directories named by path, and unlike the directories beside it (none)."""
+    kit = ["roles", "plugins", "playbooks", "templates"]
+    named = ", ".join(f"'{ROOT / name}'" for name in kit)
+    elsewhere = ", ".join(f"'{tmp_path}/x/../{name}'" for name in kit)
+    lookups = {
+        name: "{{ lookup('stackkit.kit.run_inputs', " + terms + ", names='^demo_') }}"
+        for name, terms in (("kit", f"kit={kit}"), ("named", named), ("beside", elsewhere))
+    }
+    tasks = [
+        {"ansible.builtin.copy": {"content": lookup, "dest": str(tmp_path / name)}}
+        for name, lookup in lookups.items()
+    ]
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "vars": LOCAL, "tasks": tasks}]  # fmt: skip
+    run = run_play(tmp_path, play, {})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    digests = {name: (tmp_path / name).read_text() for name in lookups}
+    assert digests["kit"] == digests["named"] != digests["beside"]
+
+
 def test_a_variable_that_reads_another_roles_defaults_does_not_fail_the_run(tmp_path: Path):
     broken = {"demo_user": "{{ role_not_loaded_user }}"}
     assert inputs_digest(tmp_path, broken, "a") == inputs_digest(tmp_path, broken, "b")
