@@ -12,6 +12,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+APP_DIR = Path(__file__).resolve().parents[1]
+
 # A pool process: a Celery app of its own, run eagerly, so that Celery itself sends the
 # task_prerun and task_postrun signals around each task. argv: how many tasks succeed, fail.
 POOL_PROCESS = """
@@ -54,14 +56,20 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def run_pool(env: dict[str, str], good: int, bad: int) -> None:
-    subprocess.run(
-        [sys.executable, "-c", POOL_PROCESS, str(good), str(bad)],
+def python(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """A Python process of its own, in the app's directory, as a worker's processes run."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
         env=env,
         check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=APP_DIR,
         capture_output=True,
+        text=True,
     )
+
+
+def run_pool(env: dict[str, str], good: int, bad: int) -> None:
+    python(POOL_PROCESS, env, str(good), str(bad))
 
 
 def test_the_pools_tasks_are_counted_by_state_and_timed_in_the_workers_file(tmp_path):
@@ -73,21 +81,14 @@ def test_the_pools_tasks_are_counted_by_state_and_timed_in_the_workers_file(tmp_
     run_pool(env, good=1, bad=2)
     # An app figure some process of the worker wrote beside them is not the worker's to publish.
     other = "from prometheus_client import Counter; Counter('django_other', 'x').inc()"
-    subprocess.run([sys.executable, "-c", other], env=env, check=True)
+    python(other, env)
     # The main process: one write of the writer it starts once the worker is ready.
     # Under the unit's umask: the node exporter reads the file as another user.
     main = (
         "import os; os.umask(0o027); from catalogue import worker_metrics as m; "
         "m.on_worker_ready(); w = m._writer[0]; w.stop(); print(open(w.path).read())"
     )
-    written = subprocess.run(
-        [sys.executable, "-c", main],
-        env=env,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-    ).stdout
+    written = python(main, env).stdout
     found = samples(written)
     task = "catalogue.tasks.sample"
     ok = ("state", "SUCCESS"), ("task", task), ("worker", "default")
@@ -113,9 +114,7 @@ def test_a_stopped_worker_removes_its_file(tmp_path):
         "import os; from catalogue import worker_metrics as m; m.on_worker_ready(); "
         "m._writer[0].write(); assert os.path.exists(m._writer[0].path); m.on_worker_shutdown()"
     )
-    subprocess.run(
-        [sys.executable, "-c", main], env=env, check=True, cwd=Path(__file__).resolve().parents[1]
-    )
+    python(main, env)
     assert not target.exists()
 
 
@@ -125,24 +124,10 @@ def test_nothing_is_connected_without_the_units_settings(tmp_path):
         "print(m.connect(), len(signals.task_postrun.receivers))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CATALOGUE_", "PROMETHEUS_"))}
-    bare = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=env,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-    )
+    bare = python(probe, env)
     assert bare.stdout.split() == ["False", "0"]
     # A file asked for without the pool's directory: refused, with a warning, not half-done.
     half = {**env, "CATALOGUE_WORKER_METRICS_FILE": str(tmp_path / "x.prom")}
-    refused = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=half,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-    )
+    refused = python(probe, half)
     assert refused.stdout.split() == ["False", "0"]
     assert "without PROMETHEUS_MULTIPROC_DIR" in refused.stderr
