@@ -250,24 +250,3 @@ def test_a_unit_that_stops_is_drift_unless_it_stops_on_its_own(tmp_path: Path):
     found = state_play(tmp_path, path=str(bin_dir))
     assert found["converge"] is True
     assert "unit redis-server.service: active -> absent" in found["reasons"], found["reasons"]
-
-
-def test_no_task_of_the_kit_carries_the_tags_molecule_skips():
-    """playbooks/record.yml records a run that skipped only Molecule's own tags as complete:
-    true only while no task of the kit carries one of them."""
-    skipped = {"molecule-notest", "notest", "molecule-idempotence-notest"}
-
-    def tags(node) -> set[str]:
-        if isinstance(node, list):
-            return set().union(*map(tags, node))
-        if not isinstance(node, dict):
-            return set()
-        own = node.get("tags", [])
-        own = {own} if isinstance(own, str) else set(map(str, own))
-        return own.union(*map(tags, node.values()))
-
-    files = [*ROOT.glob("roles/*/tasks/*.yml"), *ROOT.glob("roles/*/handlers/*.yml")]
-    files += [p for p in ROOT.glob("playbooks/**/*.yml") if "collections" not in p.parts]
-    found = {str(p.relative_to(ROOT)): tags(yaml.safe_load(p.read_text())) & skipped for p in files}
-    assert len(files) > 20
-    assert {name: hit for name, hit in found.items() if hit} == {}
