@@ -83,10 +83,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
-    # The drift round first: its baseline run then finds the hosts as the converge recorded
-    # them (the fast path), instead of converging again what later suites (deploys of test
-    # builds, faults) leave behind. Its own last run leaves them recorded for those suites.
-    items.sort(key=lambda item: item.path.stem != "test_drift")
     refuse_destructive_on_kept_hosts(config, items)
 
 
